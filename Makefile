@@ -1,0 +1,27 @@
+# Every target runs in one environment: the active virtualenv if there is one,
+# otherwise .venv at the repository root (created and filled on first use).
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(CURDIR)/.venv)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cpllm-installed
+PYTEST_ARGS ?= -n auto
+
+.PHONY: setup test demo clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
+	touch $(STAMP)
+
+# pytest exits 5 when it collected no tests; make treats that as a failure too.
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+demo: $(STAMP)
+	$(PY) -m cpllm.smoke
+
+clean:
+	rm -rf runs .pytest_cache

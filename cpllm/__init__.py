@@ -1,0 +1,1 @@
+"""cpllm: CP-LLM video quality assessment in JAX/Flax."""
