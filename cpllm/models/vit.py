@@ -81,14 +81,15 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    xavier, tiny = nn.initializers.xavier_uniform(), nn.initializers.normal(stddev=1e-6)
+    # big_vision's init, so from-scratch runs follow its recipes.
+    xavier, near_zero = nn.initializers.xavier_uniform(), nn.initializers.normal(1e-6)
     d = x.shape[-1]
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=_init(xavier, "embed", "mlp"),
-                 bias_init=_init(tiny, "mlp"))(x)
+                 bias_init=_init(near_zero, "mlp"))(x)
     x = nn.gelu(x)
     x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
     return nn.Dense(d, dtype=self.dtype, kernel_init=_init(xavier, "mlp", "embed"),
-                    bias_init=_init(tiny, "embed"))(x)
+                    bias_init=_init(near_zero, "embed"))(x)
 
 
 class Encoder1DBlock(nn.Module):
@@ -139,7 +140,8 @@ class Encoder(nn.Module):
         raise ValueError(f"remat_policy {self.remat_policy!r} is not an attribute of "
                          "jax.checkpoint_policies")
       # static_argnums: `train` (argument 2, counting self) selects Python control flow.
-      # Inside scan, CSE cannot merge recomputation across iterations, so allow it there.
+      # A scan's loop already keeps XLA from merging the recomputation back into the
+      # forward pass; only unscanned blocks need remat's own CSE barrier.
       block = nn.remat(block, policy=policy, static_argnums=(2,), prevent_cse=not self.scan)
     kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
               dtype=self.dtype)

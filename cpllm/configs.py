@@ -1,0 +1,24 @@
+"""Loading `configs/<name>.py[:arg]` files, the same syntax ml_collections' config flags use."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """`configs/paper.py:gemma2` -> get_config('gemma2'); relative paths from the repo root."""
+  path, _, arg = spec.partition(":")
+  file = pathlib.Path(path)
+  if not file.is_absolute() and not file.exists():
+    file = REPO_ROOT / file
+  if not file.exists():
+    raise FileNotFoundError(f"config file not found: {path}")
+  module_spec = importlib.util.spec_from_file_location(f"cpllm_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

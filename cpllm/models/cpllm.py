@@ -1,0 +1,203 @@
+"""CP-LLM: a context (SigLIP) encoder and a pixel (patch) encoder feeding a score head and
+a LoRA-adapted Gemma decoder (papers/cp-llm.md section 3.1).
+
+Inputs are preprocessed by cpllm.data.video (one implementation for training, scoring and
+export); pixel values are in [0, 255] and mapped to [-1, 1] here. Every example holds two
+video slots, A and B (V = 2); a single-video example repeats A in B's slot and sets
+video_mask[:, 1] = False, so B's tokens are invisible to the decoder (the paper's case II).
+
+Decoder sequence per example (prefix-LM):
+
+  [ A: frames f_1..f_d, each (u, v) | B: same | prompt | target ]
+    input_mask: 1 ...                 video_mask[1]   text input_mask
+    mask_ar:    0 ...                 0 ...           text mask_ar (0 prompt, 1 target)
+
+with d = `decoder_frames` key frames chosen at segment centres of the M key frames.
+
+Parameters: `img` (context ViT), `proj_ctx`, `pix` (patch ViT), `proj_pix`, `pix_norm`,
+`score_head/{hidden,out}`, `llm` (Gemma), see DESIGN.md section 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cpllm.models import gemma
+from cpllm.models import vit
+
+# Q-Align's weights for the level words, in the order of `level_token_ids`.
+LEVELS = ("excellent", "good", "fair", "poor", "bad")
+LEVEL_WEIGHTS = (5.0, 4.0, 3.0, 2.0, 1.0)
+
+
+def build_vit(cfg: dict[str, Any], dtype) -> vit.ViT:
+  """ViT from {'variant': name, **overrides} (overrides: scan, remat_policy, ...)."""
+  cfg = dict(cfg)
+  return vit.ViT(**{**vit.VARIANTS[cfg.pop("variant")], **cfg}, dtype=dtype)
+
+
+def build_gemma(cfg: dict[str, Any], dtype) -> gemma.Gemma:
+  """Gemma from {'variant': name, 'lora_rank', 'lora_alpha', 'lora_targets', **overrides}."""
+  cfg = dict(cfg)
+  lora = gemma.LoRA(rank=cfg.pop("lora_rank", 0), alpha=cfg.pop("lora_alpha", None),
+                    targets=tuple(cfg.pop("lora_targets", ("q_einsum", "kv_einsum"))))
+  return gemma.Gemma(**{**gemma.VARIANTS[cfg.pop("variant")], **cfg}, lora=lora,
+                     dtype=dtype)
+
+
+def decoder_frame_indices(num_frames: int, decoder_frames: int) -> np.ndarray:
+  """Segment-centre picks: e.g. M=5, d=1 -> [2]; d=2 -> [1, 3]; d=5 -> [0..4]."""
+  if not 1 <= decoder_frames <= num_frames:
+    raise ValueError(f"decoder_frames={decoder_frames} must be in [1, M={num_frames}]")
+  return ((np.arange(decoder_frames) + 0.5) * num_frames / decoder_frames).astype(int)
+
+
+def last_prefix_index(input_mask, mask_ar):
+  """Index of the last real prefix token per row: int[B] from bool[B, L], int[B, L].
+
+  e.g. input_mask [1 1 1 0 1 1], mask_ar [0 0 0 0 1 1] -> 2.
+  """
+  prefix = input_mask.astype(bool) & (jnp.cumsum(mask_ar, axis=1) == 0)
+  length = prefix.shape[1]
+  return length - 1 - jnp.argmax(prefix[:, ::-1], axis=1)
+
+
+def level_score(logits, level_token_ids):
+  """Q-Align score from next-token logits float[B, V]: sum_i softmax(l_levels)_i * w_i.
+
+  Returns (level_probs float32[B, 5], level_score float32[B]) on the 1..5 scale.
+  """
+  level_logits = logits[:, jnp.asarray(level_token_ids)]
+  probs = jax.nn.softmax(level_logits.astype(jnp.float32), axis=-1)
+  return probs, probs @ jnp.asarray(LEVEL_WEIGHTS, jnp.float32)
+
+
+class ScoreHead(nn.Module):
+  """Two-layer MLP with ReLU: float[..., D] -> float32[...]."""
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(self.hidden, name="hidden",
+                         kernel_init=nn.with_logical_partitioning(
+                             nn.initializers.lecun_normal(), ("embed", "mlp")))(x))
+    x = nn.Dense(1, name="out", kernel_init=nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(), ("mlp", None)))(x)
+    return x[..., 0].astype(jnp.float32)
+
+
+def _dense(features: int, name: str):
+  return nn.Dense(features, name=name, kernel_init=nn.with_logical_partitioning(
+      nn.initializers.lecun_normal(), (None, "embed")))
+
+
+class CPLLM(nn.Module):
+  """The CP-LLM model. Fields mirror `config.model` (see configs/)."""
+  ctx_encoder: dict[str, Any]
+  pix_encoder: dict[str, Any]
+  decoder: dict[str, Any]
+  ctx_res: int = 448
+  ctx_pool: int = 1
+  patch_size: int = 224
+  num_patches: int = 8
+  pix_box: tuple[int, int] = (540, 1080)
+  score_hidden: int = 512
+  decoder_frames: int = 1
+  level_token_ids: tuple[int, ...] | None = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.llm = build_gemma(self.decoder, self.dtype)
+    width = self.llm.width
+    self.img = build_vit(self.ctx_encoder, self.dtype)
+    self.proj_ctx = _dense(width, "proj_ctx")
+    self.pix = build_vit(self.pix_encoder, self.dtype)
+    self.proj_pix = _dense(width, "proj_pix")
+    self.pix_norm = nn.LayerNorm(epsilon=1e-6, name="pix_norm")
+    self.score_head = ScoreHead(self.score_hidden, name="score_head")
+
+  def encode_frames(self, ctx_frames, patches, *, train=False):
+    """Both paths for N frames.
+
+    Args:
+      ctx_frames: float[N, R, R, 3] in [0, 255].
+      patches: float[N, K, P, P, 3] in [0, 255].
+
+    Returns:
+      u float[N, T_h, D], v float[N, T_q, D], frame scores float32[N].
+    """
+    to_unit = lambda x: jnp.asarray(x, self.dtype) / 127.5 - 1.0
+    u, _ = self.img(to_unit(ctx_frames), train=train)
+    if self.ctx_pool > 1:
+      n, t, c = u.shape
+      side = int(round(t ** 0.5))
+      u = nn.avg_pool(u.reshape(n, side, side, c), (self.ctx_pool,) * 2,
+                      strides=(self.ctx_pool,) * 2).reshape(n, -1, c)
+    u = self.proj_ctx(u)
+
+    n, k = patches.shape[:2]
+    h, _ = self.pix(to_unit(patches.reshape((n * k,) + patches.shape[2:])), train=train)
+    h = self.proj_pix(h)
+    v = self.pix_norm(h.reshape((n, k) + h.shape[1:]).mean(axis=1))
+
+    pooled = jnp.concatenate([u, v], axis=1).mean(axis=1)
+    return u, v, self.score_head(pooled)
+
+  def __call__(self, batch, *, train=False, decode=True):
+    """Scores both video slots and (if `decode`) runs the decoder on the text.
+
+    Args:
+      batch: dict with
+        ctx:        float[B, 2, M, R, R, 3] context frames of videos A and B.
+        patches:    float[B, 2, M, K, P, P, 3] pixel patches.
+        video_mask: bool[B, 2]; [True, False] for a single-video example.
+        text, input_mask, mask_ar: int[B, L], bool[B, L], int[B, L] (prompt + target).
+      train: dropout switch.
+      decode: False skips the decoder (score-only inference).
+
+    Returns:
+      out dict: 'ctx_tokens' float[B, 2, M, T_h, D], 'pix_tokens' float[B, 2, M, T_q, D],
+      'frame_scores' float32[B, 2, M], 'score' float32[B, 2]; with `decode` also
+      'decoder_mask' bool[B, S], 'logits' float32[B, L, V] (text positions: logits[:, i]
+      predicts text[:, i + 1]) and, if level_token_ids is set, 'level_probs' float32[B, 5]
+      and 'level_score' float32[B] read right after the prompt (meaningful when the prompt
+      is the level prompt, e.g. "The quality of the video is").
+    """
+    ctx, patches = batch["ctx"], batch["patches"]
+    b, n_videos, m = ctx.shape[:3]
+    u, v, frame_scores = self.encode_frames(ctx.reshape((-1,) + ctx.shape[3:]),
+                                            patches.reshape((-1,) + patches.shape[3:]),
+                                            train=train)
+    u = u.reshape((b, n_videos, m) + u.shape[1:])
+    v = v.reshape((b, n_videos, m) + v.shape[1:])
+    frame_scores = frame_scores.reshape(b, n_videos, m)
+    out = dict(ctx_tokens=u, pix_tokens=v, frame_scores=frame_scores,
+               score=frame_scores.mean(axis=-1))
+    if not decode:
+      return out
+
+    picks = decoder_frame_indices(m, self.decoder_frames)
+    visual = jnp.concatenate([u[:, :, picks], v[:, :, picks]], axis=3)  # [B, 2, d, T, D]
+    tokens_per_video = visual.shape[2] * visual.shape[3]
+    visual = visual.reshape(b, n_videos * tokens_per_video, -1)
+    visual_mask = jnp.repeat(batch["video_mask"].astype(bool), tokens_per_video, axis=1)
+
+    text = batch["text"]
+    x = jnp.concatenate([visual.astype(self.dtype), self.llm.embed_tokens(text)], axis=1)
+    input_mask = jnp.concatenate([visual_mask, batch["input_mask"].astype(bool)], axis=1)
+    mask_ar = jnp.concatenate([jnp.zeros(visual_mask.shape, jnp.int32),
+                               batch["mask_ar"].astype(jnp.int32)], axis=1)
+    hidden, _, _ = self.llm(x, input_mask, mask_ar)
+    logits = self.llm.logits(hidden[:, -text.shape[1]:])
+    out.update(decoder_mask=input_mask, logits=logits)
+    if self.level_token_ids is not None:
+      at = last_prefix_index(batch["input_mask"], batch["mask_ar"])
+      out["level_probs"], out["level_score"] = level_score(
+          jnp.take_along_axis(logits, at[:, None, None], axis=1)[:, 0],
+          self.level_token_ids)
+    return out

@@ -1,0 +1,87 @@
+"""Preprocessing geometry: patch grids stay inside the frame, never overlap, never pad."""
+
+import numpy as np
+import pytest
+
+from cpllm.data import video
+
+
+@pytest.mark.parametrize("height,width,want", [
+    (1080, 1920, (540, 960)),   # landscape 16:9
+    (1920, 1080, (960, 540)),   # portrait: the box turns
+    (2160, 3840, (540, 960)),   # 4K shrinks
+    (240, 320, (540, 720)),     # small frames are scaled up to the box
+    (100, 4000, (27, 1080)),    # panorama limited by width
+    (500, 500, (540, 540)),
+])
+def test_fit_size(height, width, want):
+  assert video.fit_size(height, width) == want
+
+
+def occupancy(height, width, corners, p):
+  grid = np.zeros((height, width), np.int32)
+  for y, x in corners:
+    assert 0 <= y and y + p <= height and 0 <= x and x + p <= width, (y, x)
+    grid[y:y + p, x:x + p] += 1
+  return grid
+
+
+@pytest.mark.parametrize("height,width,k,p,grid", [
+    (1080, 1920, 8, 224, (2, 4)),   # the paper's setting
+    (1920, 1080, 8, 224, (4, 2)),   # portrait
+    (720, 1280, 4, 224, (2, 2)),
+    (360, 640, 8, 224, (2, 4)),     # upscaled to the box first
+    (100, 4000, 8, 224, (1, 8)),    # panorama: too short for a patch, upscaled just enough
+    (64, 64, 8, 224, (2, 4)),       # tiny square frame
+    (200, 300, 5, 224, (1, 5)),     # prime K
+])
+def test_patch_layout_inside_and_disjoint(height, width, k, p, grid):
+  (h, w), corners = video.patch_layout(height, width, k, p)
+  assert len(corners) == k
+  assert video.patch_grid(*video.fit_size(height, width), k, p) == grid
+  occ = occupancy(h, w, corners, p)
+  assert occ.max() == 1
+  assert occ.sum() == k * p * p
+  # Upscaling happens only when the fitted frame cannot hold the grid, and then minimally.
+  fit_h, fit_w = video.fit_size(height, width)
+  rows, cols = grid
+  if rows * p <= fit_h and cols * p <= fit_w:
+    assert (h, w) == (fit_h, fit_w)
+  else:
+    assert h == rows * p or w == cols * p
+    assert abs(h / w - fit_h / fit_w) < 0.02 * fit_h / fit_w + 1 / min(h, w)
+
+
+def test_patches_spread_to_frame_edges():
+  (h, w), corners = video.patch_layout(1080, 1920, 8, 224)
+  assert (h, w) == (540, 960)
+  assert sorted({y for y, _ in corners}) == [0, 316]
+  assert sorted({x for _, x in corners}) == [0, 245, 490, 736]
+
+
+def test_pixel_patches_are_exact_crops_without_padding():
+  rng = np.random.default_rng(0)
+  frame = rng.integers(1, 256, (540, 960, 3)).astype(np.uint8)  # already at the fit size
+  patches = np.asarray(video.pixel_patches(frame, 8, 224))
+  assert patches.shape == (8, 224, 224, 3)
+  _, corners = video.patch_layout(540, 960, 8, 224)
+  for patch, (y, x) in zip(patches, corners):
+    np.testing.assert_allclose(patch, frame[y:y + 224, x:x + 224], atol=1e-3)
+
+
+@pytest.mark.parametrize("height,width", [(50, 70), (90, 2000), (1200, 300)])
+def test_small_and_extreme_frames_contain_only_frame_content(height, width):
+  """A constant frame stays constant through resize and cropping: no black padding."""
+  frame = np.full((2, height, width, 3), 180, np.uint8)  # a leading batch axis works too
+  patches = np.asarray(video.pixel_patches(frame, 4, 32, box=(48, 96)))
+  assert patches.shape == (2, 4, 32, 32, 3)
+  np.testing.assert_allclose(patches, 180.0, atol=1e-3)
+
+
+def test_context_frames_ignore_aspect():
+  frame = np.zeros((90, 160, 3), np.uint8)
+  frame[:, 80:] = 200  # right half bright
+  out = np.asarray(video.context_frames(frame, 32))
+  assert out.shape == (32, 32, 3)
+  np.testing.assert_allclose(out[:, :15], 0, atol=1e-3)
+  np.testing.assert_allclose(out[:, 17:], 200, atol=1e-3)

@@ -1,0 +1,185 @@
+"""CP-LLM assembly tests: masking of the second video slot, the score path against a
+second computation, the level-token score, and the paper config's shapes."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cpllm import configs
+from cpllm.models import cpllm
+from cpllm.models import gemma
+
+L = 16
+
+
+def make_batch(cfg, video_mask, seed=0):
+  rng = np.random.default_rng(seed)
+  b, m, model = len(video_mask), cfg.num_frames, cfg.model
+  k, p, r = model["num_patches"], model["patch_size"], model["ctx_res"]
+  return dict(
+      ctx=rng.uniform(0, 255, (b, 2, m, r, r, 3)).astype(np.float32),
+      patches=rng.uniform(0, 255, (b, 2, m, k, p, p, 3)).astype(np.float32),
+      video_mask=np.array(video_mask, bool),
+      text=rng.integers(0, 256, (b, L)).astype(np.int32),
+      input_mask=np.ones((b, L), bool),
+      mask_ar=np.broadcast_to((np.arange(L) >= 6).astype(np.int32), (b, L)).copy())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = configs.load("configs/tiny.py:gemma2")
+  model = cpllm.CPLLM(**cfg.model)
+  batch = make_batch(cfg, [[True, True], [True, False]])
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), batch))
+  # Non-zero LoRA B and norm offsets so every path carries signal.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.1 if "lora_b" in jax.tree_util.keystr(path) else x, params)
+  return cfg, model, params, jax.jit(model.apply, static_argnames=("decode",))
+
+
+def test_masked_second_video_changes_nothing(tiny):
+  cfg, model, params, apply = tiny
+  batch = make_batch(cfg, [[True, False], [True, False]])
+  out = apply(params, batch)
+  changed = dict(batch, ctx=batch["ctx"].copy(), patches=batch["patches"].copy())
+  changed["ctx"][:, 1] = 255 - changed["ctx"][:, 1]
+  changed["patches"][:, 1] = np.random.default_rng(9).uniform(
+      0, 255, changed["patches"][:, 1].shape)
+  out2 = apply(params, changed)
+  np.testing.assert_allclose(out2["logits"], out["logits"], atol=1e-5)
+  np.testing.assert_allclose(out2["score"][:, 0], out["score"][:, 0], atol=1e-6)
+  np.testing.assert_allclose(out2["level_score"], out["level_score"], atol=1e-6)
+  # With B visible, the same change does reach the decoder (the mask is what hides it).
+  pair = dict(batch, video_mask=np.ones((2, 2), bool))
+  pair2 = dict(changed, video_mask=np.ones((2, 2), bool))
+  assert np.abs(apply(params, pair)["logits"] - apply(params, pair2)["logits"]).max() > 1e-3
+
+
+def test_single_example_equals_decoder_on_video_a_alone(tiny):
+  """Second code path: run the Gemma module directly on [A's tokens, text]."""
+  cfg, model, params, apply = tiny
+  batch = make_batch(cfg, [[True, False], [True, False]], seed=1)
+  out = apply(params, batch)
+  pick = cpllm.decoder_frame_indices(cfg.num_frames, model.decoder_frames)
+  a_tokens = jnp.concatenate([out["ctx_tokens"][:, 0, pick], out["pix_tokens"][:, 0, pick]],
+                             axis=2).reshape(2, -1, 64)
+  llm = cpllm.build_gemma(cfg.model["decoder"], jnp.float32)
+
+  def run(llm):
+    x = jnp.concatenate([a_tokens, llm.embed_tokens(batch["text"])], axis=1)
+    n = a_tokens.shape[1]
+    mask = jnp.concatenate([jnp.ones((2, n), bool), batch["input_mask"]], axis=1)
+    ar = jnp.concatenate([jnp.zeros((2, n), jnp.int32), batch["mask_ar"]], axis=1)
+    h, _, _ = llm(x, mask, ar)
+    return llm.logits(h[:, -L:])
+
+  want = nn.apply(run, llm)({"params": params["params"]["llm"]})
+  np.testing.assert_allclose(out["logits"], want, atol=1e-4)
+
+
+def np_layer_norm(x, scale, bias):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + 1e-6) * scale + bias
+
+
+def test_scores_match_independent_computation(tiny):
+  """Pixel path per patch through the ViT alone, then NumPy: projection, mean over K,
+  LayerNorm, token-mean of concat(u, v), ReLU MLP, mean over frames."""
+  cfg, model, params, apply = tiny
+  batch = make_batch(cfg, [[True, True], [True, False]], seed=2)
+  out = apply(params, batch, decode=False)
+  assert "logits" not in out
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), params["params"])
+  pix = cpllm.build_vit(cfg.model["pix_encoder"], jnp.float32)
+  b, m, k = 2, cfg.num_frames, cfg.model["num_patches"]
+  for i in range(b):
+    for video in range(2):
+      frame_scores = []
+      for f in range(m):
+        feats = [np.asarray(pix.apply({"params": params["params"]["pix"]},
+                                      batch["patches"][i, video, f, j][None] / 127.5 - 1)[0][0],
+                            np.float64) for j in range(k)]
+        h = np.stack(feats) @ p["proj_pix"]["kernel"] + p["proj_pix"]["bias"]
+        v = np_layer_norm(h.mean(0), p["pix_norm"]["scale"], p["pix_norm"]["bias"])
+        np.testing.assert_allclose(out["pix_tokens"][i, video, f], v, atol=1e-4)
+        u = np.asarray(out["ctx_tokens"][i, video, f], np.float64)
+        pooled = np.concatenate([u, v]).mean(0)
+        hidden = np.maximum(pooled @ p["score_head"]["hidden"]["kernel"]
+                            + p["score_head"]["hidden"]["bias"], 0)
+        frame_scores.append(hidden @ p["score_head"]["out"]["kernel"][:, 0]
+                            + p["score_head"]["out"]["bias"][0])
+      np.testing.assert_allclose(out["frame_scores"][i, video], frame_scores, atol=1e-4)
+      np.testing.assert_allclose(out["score"][i, video], np.mean(frame_scores), atol=1e-4)
+
+
+def test_level_score_is_q_align_expectation(tiny):
+  cfg, model, params, apply = tiny
+  batch = make_batch(cfg, [[True, False], [True, False]], seed=3)
+  batch["input_mask"][1, 4:6] = False  # shorter prompt padded at its end
+  out = apply(params, batch)
+  logits = np.asarray(out["logits"], np.float64)
+  for i, last in enumerate([5, 3]):
+    level_logits = logits[i, last, list(cfg.model["level_token_ids"])]
+    probs = np.exp(level_logits - level_logits.max())
+    probs /= probs.sum()
+    np.testing.assert_allclose(out["level_probs"][i], probs, atol=1e-6)
+    np.testing.assert_allclose(out["level_score"][i], probs @ [5, 4, 3, 2, 1], atol=1e-5)
+
+
+def test_helpers_on_small_examples():
+  np.testing.assert_array_equal(cpllm.decoder_frame_indices(5, 1), [2])
+  np.testing.assert_array_equal(cpllm.decoder_frame_indices(5, 2), [1, 3])
+  np.testing.assert_array_equal(cpllm.decoder_frame_indices(5, 5), [0, 1, 2, 3, 4])
+  with pytest.raises(ValueError, match="decoder_frames"):
+    cpllm.decoder_frame_indices(3, 4)
+  got = cpllm.last_prefix_index(jnp.array([[1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1]], bool),
+                                jnp.array([[0, 0, 0, 0, 1, 1], [0, 1, 1, 1, 1, 1]]))
+  np.testing.assert_array_equal(got, [2, 0])
+
+
+def test_context_pooling_and_all_decoder_frames():
+  cfg = configs.load("configs/tiny.py")
+  model_cfg = dict(cfg.model, ctx_pool=2, decoder_frames=cfg.num_frames)
+  model = cpllm.CPLLM(**model_cfg)
+  batch = make_batch(cfg, [[True, False]])
+  variables = model.init(jax.random.PRNGKey(1), batch)
+  out, inter = model.apply(variables, batch, capture_intermediates=True)
+  # 32x32 at patch 8 is a 4x4 grid; 2x2 pooling leaves 4 context tokens per frame.
+  assert out["ctx_tokens"].shape[3] == 4
+  raw = np.asarray(inter["intermediates"]["img"]["__call__"][0][0])  # [N, 16, C]
+  want = raw.reshape(-1, 2, 2, 2, 2, raw.shape[-1]).mean((2, 4)).reshape(-1, 4, raw.shape[-1])
+  proj = nn.unbox(variables)["params"]["proj_ctx"]
+  np.testing.assert_allclose(out["ctx_tokens"].reshape(-1, 4, 64),
+                             want @ proj["kernel"] + proj["bias"], atol=1e-5)
+  per_video = cfg.num_frames * (4 + out["pix_tokens"].shape[3])
+  assert out["decoder_mask"].shape[1] == 2 * per_video + L
+  np.testing.assert_array_equal(out["decoder_mask"][0, per_video:2 * per_video], False)
+
+
+def test_paper_config_shapes_without_allocating():
+  cfg = configs.load("configs/paper.py")
+  model = cpllm.CPLLM(**cfg.model)
+  b, m = 1, cfg.num_frames
+  batch = dict(
+      ctx=jax.ShapeDtypeStruct((b, 2, m, 448, 448, 3), jnp.uint8),
+      patches=jax.ShapeDtypeStruct((b, 2, m, 8, 224, 224, 3), jnp.uint8),
+      video_mask=jax.ShapeDtypeStruct((b, 2), bool),
+      text=jax.ShapeDtypeStruct((b, cfg.text_len), jnp.int32),
+      input_mask=jax.ShapeDtypeStruct((b, cfg.text_len), bool),
+      mask_ar=jax.ShapeDtypeStruct((b, cfg.text_len), jnp.int32))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
+  counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
+            for k, v in nn.unbox(variables)["params"].items()}
+  # So400m/14 at 448 (1024 position embeddings), ViT-B/16 at 224, Gemma 2B + LoRA.
+  assert 4.0e8 < counts["img"] < 4.3e8
+  assert 8.5e7 < counts["pix"] < 8.7e7
+  lora = 18 * (2048 * 4 + 4 * 8 * 256 + 2 * (2048 * 4 + 4 * 1 * 256))
+  assert counts["llm"] == 2_506_434_560 + lora
+  out = jax.eval_shape(model.apply, variables, batch)
+  assert out["ctx_tokens"].shape == (b, 2, m, 1024, 2048)
+  assert out["pix_tokens"].shape == (b, 2, m, 196, 2048)
+  assert out["logits"].shape == (b, 512, 256128)
+  assert out["decoder_mask"].shape == (b, 2 * (1024 + 196) + 512)
