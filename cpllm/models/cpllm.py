@@ -148,6 +148,42 @@ class CPLLM(nn.Module):
     pooled = jnp.concatenate([u, v], axis=1).mean(axis=1)
     return u, v, self.score_head(pooled)
 
+  def decoder_inputs(self, ctx_tokens, pix_tokens, video_mask, text, input_mask, mask_ar):
+    """The decoder's input sequence: visual tokens of A and B, then the text.
+
+    Args:
+      ctx_tokens, pix_tokens: float[B, 2, M, T_h, D], float[B, 2, M, T_q, D].
+      video_mask: bool[B, 2].
+      text, input_mask, mask_ar: int[B, L], bool[B, L], int[B, L].
+
+    Returns:
+      x float[B, S, D], input_mask bool[B, S], mask_ar int32[B, S] with
+      S = 2 * d * (T_h + T_q) + L.
+    """
+    b, n_videos, m = ctx_tokens.shape[:3]
+    picks = decoder_frame_indices(m, self.decoder_frames)
+    visual = jnp.concatenate([ctx_tokens[:, :, picks], pix_tokens[:, :, picks]], axis=3)
+    per_video = visual.shape[2] * visual.shape[3]
+    visual = visual.reshape(b, n_videos * per_video, -1).astype(self.dtype)
+    visual_mask = jnp.repeat(video_mask.astype(bool), per_video, axis=1)
+    x = jnp.concatenate([visual, self.llm.embed_tokens(text)], axis=1)
+    input_mask = jnp.concatenate([visual_mask, input_mask.astype(bool)], axis=1)
+    mask_ar = jnp.concatenate([jnp.zeros(visual_mask.shape, jnp.int32),
+                               mask_ar.astype(jnp.int32)], axis=1)
+    return x, input_mask, mask_ar
+
+  def embed_text(self, tokens):
+    """int[B, T] -> float[B, T, D] decoder embeddings."""
+    return self.llm.embed_tokens(tokens)
+
+  def extend(self, x, input_mask, mask_ar, cache):
+    """Decoder step on a KV cache (prefill or one-token extend); see gemma.Gemma.
+
+    Returns (logits float32[B, T, V], updated cache).
+    """
+    hidden, _, cache = self.llm(x, input_mask, mask_ar, cache)
+    return self.llm.logits(hidden), cache
+
   def __call__(self, batch, *, train=False, decode=True):
     """Scores both video slots and (if `decode`) runs the decoder on the text.
 
@@ -181,17 +217,9 @@ class CPLLM(nn.Module):
     if not decode:
       return out
 
-    picks = decoder_frame_indices(m, self.decoder_frames)
-    visual = jnp.concatenate([u[:, :, picks], v[:, :, picks]], axis=3)  # [B, 2, d, T, D]
-    tokens_per_video = visual.shape[2] * visual.shape[3]
-    visual = visual.reshape(b, n_videos * tokens_per_video, -1)
-    visual_mask = jnp.repeat(batch["video_mask"].astype(bool), tokens_per_video, axis=1)
-
     text = batch["text"]
-    x = jnp.concatenate([visual.astype(self.dtype), self.llm.embed_tokens(text)], axis=1)
-    input_mask = jnp.concatenate([visual_mask, batch["input_mask"].astype(bool)], axis=1)
-    mask_ar = jnp.concatenate([jnp.zeros(visual_mask.shape, jnp.int32),
-                               batch["mask_ar"].astype(jnp.int32)], axis=1)
+    x, input_mask, mask_ar = self.decoder_inputs(u, v, batch["video_mask"], text,
+                                                 batch["input_mask"], batch["mask_ar"])
     hidden, _, _ = self.llm(x, input_mask, mask_ar)
     logits = self.llm.logits(hidden[:, -text.shape[1]:])
     out.update(decoder_mask=input_mask, logits=logits)

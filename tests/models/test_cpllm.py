@@ -183,3 +183,31 @@ def test_paper_config_shapes_without_allocating():
   assert out["pix_tokens"].shape == (b, 2, m, 196, 2048)
   assert out["logits"].shape == (b, 512, 256128)
   assert out["decoder_mask"].shape == (b, 2 * (1024 + 196) + 512)
+
+
+def test_cached_greedy_decoding_matches_full_forward(tiny):
+  """Tokens decoded through `extend` on the KV cache are the argmax of one full forward
+  pass over prompt + those tokens (a second code path)."""
+  from cpllm import smoke
+  cfg, model, params, apply = tiny
+  batch = make_batch(cfg, [[True, True], [True, False]], seed=4)
+  prompt_len, steps = 6, 5
+  out = apply(params, batch, decode=False)
+  x, input_mask, mask_ar = model.apply(
+      params, out["ctx_tokens"], out["pix_tokens"], batch["video_mask"],
+      batch["text"][:, :prompt_len], batch["input_mask"][:, :prompt_len],
+      batch["mask_ar"][:, :prompt_len], method=model.decoder_inputs)
+  tokens = np.asarray(smoke.greedy_decode(model, params, x, input_mask, mask_ar, steps))
+  full = dict(batch, text=np.concatenate([batch["text"][:, :prompt_len], tokens], 1),
+              input_mask=np.ones((2, prompt_len + steps), bool),
+              mask_ar=(np.arange(prompt_len + steps) >= prompt_len)[None].repeat(2, 0))
+  logits = apply(params, full)["logits"]
+  np.testing.assert_array_equal(np.argmax(logits[:, prompt_len - 1:-1], -1), tokens)
+
+
+def test_smoke_run_prints_every_stage(capsys):
+  from cpllm import smoke
+  smoke.main()
+  printed = capsys.readouterr().out
+  for needle in ("forward pass only", "out['level_score']", "greedy tokens", "done in"):
+    assert needle in printed
