@@ -547,3 +547,23 @@ def load_gemma(path: str | Mapping[str, Any], target: Mapping[str, Any], *,
     loaded[f"{dest}/{_gemma_name(ours)}"] = np.asarray(value)
   return merge_params(target, loaded, keep_init=tuple(keep_init) + (_outside([dest]),),
                       source=source, gating_layout=gating_layout)
+
+
+def load_pretrained(params: Mapping[str, Any], *, paligemma: str | None = None,
+                    siglip: str | None = None, gemma: str | None = None,
+                    pix_vit: str | None = None) -> dict[str, Any]:
+  """Applies a config's `init` paths (each optional) in a fixed order.
+
+  PaliGemma npz first (img, proj_ctx, llm), then a SigLIP npz into img, a Gemma
+  checkpoint into llm, and a SigLIP/ViT npz into the pixel encoder `pix`, so a later,
+  more specific source overrides an earlier one.
+  """
+  if paligemma:
+    params = load_paligemma_npz(paligemma, params)
+  if siglip:
+    params = load_siglip_npz(siglip, params, dest="img")
+  if gemma:
+    params = load_gemma(gemma, params)
+  if pix_vit:
+    params = load_siglip_npz(pix_vit, params, dest="pix")
+  return dict(params)

@@ -547,3 +547,19 @@ def test_save_npz_roundtrip_across_layouts(tmp_path):
   assert got.keys() == want.keys()
   for k in want:
     np.testing.assert_array_equal(got[k], np.asarray(want[k], np.float32), err_msg=k)
+
+
+def test_load_pretrained_applies_config_init_in_order(tmp_path):
+  rng = np.random.default_rng(11)
+  pg_path, pix_path = str(tmp_path / "pg.npz"), str(tmp_path / "vit.npz")
+  entries, *_ = paligemma_npz(pg_path, rng, vocab=256)
+  siglip, _ = siglip_npz(pix_path, rng, grid=2)
+  target = make_target()
+  got = flat(ckpt.load_pretrained(target, paligemma=pg_path, pix_vit=pix_path))
+  np.testing.assert_array_equal(got["proj_ctx/kernel"], entries["img/head/kernel"])
+  np.testing.assert_array_equal(got["llm/embedder/input_embedding"],
+                                entries["llm/embedder/input_embedding"])
+  np.testing.assert_array_equal(got["pix/embedding/kernel"], siglip["img/embedding/kernel"])
+  np.testing.assert_array_equal(got["score_head/Dense_0/kernel"],
+                                flat(target)["score_head/Dense_0/kernel"])
+  assert ckpt.load_pretrained(target) == target
