@@ -1,0 +1,284 @@
+"""grain input pipelines over video records (cpllm/data/features.py).
+
+Training (`train_dataset`):
+
+  records --(this host's shard)--> shuffle(seed, reshuffled every epoch) --> repeat
+    --> plan: pick the partner video and the text task (seeded per position)
+    --> load: decode both videos' key frames, preprocess (cpllm.data.video), tokenize
+    --> batch --> prefetch in worker processes
+
+Pairs (the paper's Single / Pairwise / Mix is the `mix` weights):
+  single       video A alone; B's slot repeats A and video_mask = [True, False].
+  same_source  two variants of one source, the lower CRF first (an unprocessed source,
+               crf = NO_CRF, counts as the lowest).
+  cross        two videos of different sources, the higher MOS first.
+A pair kind that is impossible for an anchor (a source without other variants, a
+one-source dataset) falls back to the next kind in the order same_source -> cross ->
+single; the count of each kind actually produced is reported by `plan_counts`.
+
+Text tasks: a single video gets either the level prompt (target " <level>.", with
+probability `level_rate`, or when it has no description) or the description prompt with its
+description; a pair of videos with dimension scores gets the SIG comparison, otherwise the
+first video's single-video text.
+
+Everything random is a function of (seed, position), so the iterator state saved with a
+checkpoint (`iterator.get_state()`) restores exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import glob
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from cpllm.data import features
+from cpllm.data import instructions
+from cpllm.data import tokenizer as tokenizer_lib
+from cpllm.data import video
+
+DESCRIBE_PROMPT = ("Based on the provided video frames, create a three-sentence summary. "
+                   "First, describe the visual content of the video in detail. Second, "
+                   "identify the style of the video. Third, assess the technical quality.")
+METADATA_FIELDS = ("id", "source_id", "mos", "is_original", "crf", "dimensions",
+                   "description")
+
+
+class PairKind(enum.IntEnum):
+  SINGLE = 0
+  SAME_SOURCE = 1
+  CROSS = 2
+
+
+class Task(enum.IntEnum):
+  LEVEL = 0
+  DESCRIBE = 1
+  COMPARE = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Mix:
+  """Relative weights of the pair kinds; Single = (1, 0, 0), Pairwise = (0, .5, .5)."""
+  single: float = 1.0
+  same_source: float = 1.0
+  cross: float = 1.0
+
+  def probabilities(self) -> np.ndarray:
+    weights = np.array([self.single, self.same_source, self.cross], np.float64)
+    if (weights < 0).any() or weights.sum() <= 0:
+      raise ValueError(f"mix weights must be >= 0 with a positive sum, got {self}")
+    return weights / weights.sum()
+
+
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+  """Per-record fields needed to plan pairs and texts (no pixels), arrays of length N."""
+  ids: np.ndarray
+  source_ids: np.ndarray
+  mos: np.ndarray
+  is_original: np.ndarray
+  crf: np.ndarray
+  dimensions: np.ndarray  # float32[N, len(features.DIMENSIONS)], NaN if unknown
+  descriptions: np.ndarray
+
+  def __len__(self):
+    return len(self.ids)
+
+  @functools.cached_property
+  def by_source(self) -> dict[str, np.ndarray]:
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(self.source_ids):
+      groups.setdefault(s, []).append(i)
+    return {s: np.array(v) for s, v in groups.items()}
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_metadata(source: Sequence[Mapping[str, Any]]) -> Metadata:
+  """Reads the planning fields of every record. Pass a source that skips frame decoding
+  (see `open_split`) for large datasets; any record sequence works."""
+  rows = [source[i] for i in range(len(source))]
+  bad = [(_text(r["id"]), r["mos"]) for r in rows if not math.isfinite(float(r["mos"]))]
+  if bad:
+    raise ValueError(f"records without a finite MOS (id, mos): {bad[:5]}")
+  return Metadata(
+      ids=np.array([_text(r["id"]) for r in rows]),
+      source_ids=np.array([_text(r["source_id"]) for r in rows]),
+      mos=np.array([r["mos"] for r in rows], np.float32),
+      is_original=np.array([r["is_original"] for r in rows], bool),
+      crf=np.array([r["crf"] for r in rows], np.int32),
+      dimensions=np.array([r["dimensions"] for r in rows], np.float32).reshape(
+          len(rows), len(features.DIMENSIONS)),
+      descriptions=np.array([_text(r["description"]) for r in rows], dtype=object))
+
+
+def open_split(name: str, split: str, data_dir: str):
+  """(records, metadata) of a built dataset `data_dir/name/<config>/<version>`."""
+  import tensorflow_datasets as tfds  # Heavy (TensorFlow); only built datasets need it.
+  versions = sorted(glob.glob(os.path.join(data_dir, name, "**", "dataset_info.json"),
+                              recursive=True))
+  if not versions:
+    raise FileNotFoundError(f"no built dataset '{name}' under {data_dir} (build it with "
+                            f"`tfds build data_builders/{name} --data_dir={data_dir}`)")
+  builder = tfds.builder_from_directory(os.path.dirname(versions[-1]))
+  records = builder.as_data_source(split=split)
+  light = builder.as_data_source(split=split, decoders=tfds.decode.PartialDecoding(
+      {k: True for k in METADATA_FIELDS}))
+  return records, read_metadata(light)
+
+
+class PlanPair(grain.transforms.RandomMap):
+  """anchor index -> plan dict(a, b, kind, task, text_seed)."""
+
+  def __init__(self, meta: Metadata, mix: Mix, level_rate: float):
+    self.meta = meta
+    self.probabilities = mix.probabilities()
+    self.level_rate = level_rate
+
+  def random_map(self, anchor, rng: np.random.Generator):
+    meta = self.meta
+    anchor = int(anchor)
+    kind = PairKind(int(rng.choice(3, p=self.probabilities)))
+    a, b = anchor, anchor
+    if kind == PairKind.SAME_SOURCE:
+      others = meta.by_source[meta.source_ids[anchor]]
+      others = others[meta.crf[others] != meta.crf[anchor]]
+      if len(others):
+        b = int(rng.choice(others))
+        rank = lambda i: (meta.crf[i], i)  # NO_CRF (-1) sorts first: the source itself.
+        a, b = sorted((anchor, b), key=rank)
+      else:
+        kind = PairKind.CROSS
+    if kind == PairKind.CROSS:
+      others = np.flatnonzero(meta.source_ids != meta.source_ids[anchor])
+      if len(others):
+        b = int(rng.choice(others))
+        if meta.mos[b] > meta.mos[anchor]:
+          a, b = b, anchor
+      else:
+        kind = PairKind.SINGLE
+    if kind == PairKind.SINGLE:
+      has_description = bool(meta.descriptions[a])
+      task = Task.DESCRIBE if has_description and rng.random() >= self.level_rate \
+          else Task.LEVEL
+    elif np.isfinite(meta.dimensions[[a, b]]).all():
+      task = Task.COMPARE
+    else:
+      task = Task.DESCRIBE if meta.descriptions[a] else Task.LEVEL
+    return dict(a=a, b=b, kind=int(kind), task=int(task),
+                text_seed=int(rng.integers(2**31)))
+
+
+def example_text(meta: Metadata, plan: Mapping[str, int]) -> tuple[str, str]:
+  """(prompt, target) of a plan."""
+  a, b, task = plan["a"], plan["b"], Task(plan["task"])
+  if task == Task.LEVEL:
+    return instructions.LEVEL_PROMPT, instructions.level_answer(float(meta.mos[a]))
+  if task == Task.DESCRIBE:
+    return DESCRIBE_PROMPT, meta.descriptions[a]
+  dims = lambda i: dict(zip(features.DIMENSIONS, meta.dimensions[i].tolist()))
+  return instructions.compare(dims(a), float(meta.mos[a]), dims(b), float(meta.mos[b]),
+                              rng=np.random.default_rng(plan["text_seed"]))
+
+
+def frame_picks(stored: int, wanted: int) -> np.ndarray:
+  """Segment-centre subset of the stored key frames, e.g. 8 stored, 5 wanted -> [0 2 4 5 7]."""
+  if wanted > stored:
+    raise ValueError(f"the dataset stores {stored} key frames per video; the config asks "
+                     f"for {wanted}. Rebuild the dataset with more key frames.")
+  return ((np.arange(wanted) + 0.5) * stored / wanted).astype(int)
+
+
+class LoadExample(grain.transforms.Map):
+  """plan -> model example: frames preprocessed for both paths, text tokenized."""
+
+  def __init__(self, records, meta: Metadata, tokenizer: tokenizer_lib.Tokenizer,
+               model_config: Mapping[str, Any], num_frames: int, text_len: int):
+    self.records = records
+    self.meta = meta
+    self.tokenizer = tokenizer
+    self.model_config = dict(model_config)
+    self.num_frames = num_frames
+    self.text_len = text_len
+
+  def _video(self, index: int):
+    frames = np.asarray(self.records[index]["frames"])
+    frames = frames[frame_picks(len(frames), self.num_frames)]
+    ctx, patches = video.preprocess(frames, self.model_config)
+    return np.asarray(ctx), np.asarray(patches)
+
+  def map(self, plan):
+    a, b = plan["a"], plan["b"]
+    ctx_a, patches_a = self._video(a)
+    ctx_b, patches_b = (ctx_a, patches_a) if b == a else self._video(b)
+    prompt, target = example_text(self.meta, plan)
+    text, truncated = tokenizer_lib.encode_example(self.tokenizer, prompt, target,
+                                                   self.text_len)
+    meta = self.meta
+    return dict(
+        ctx=np.stack([ctx_a, ctx_b]), patches=np.stack([patches_a, patches_b]),
+        video_mask=np.array([True, plan["kind"] != PairKind.SINGLE]),
+        mos=meta.mos[[a, b]], is_original=meta.is_original[[a, b]], crf=meta.crf[[a, b]],
+        index=np.array([a, b], np.int32), pair_kind=np.int32(plan["kind"]),
+        task=np.int32(plan["task"]), truncated=np.bool_(truncated), valid=np.bool_(True),
+        **text)
+
+
+def _shard(ds: grain.MapDataset, shard_index: int, shard_count: int) -> grain.MapDataset:
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard {shard_index} of {shard_count}")
+  return ds[shard_index::shard_count]
+
+
+def _prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+  if num_workers <= 0:
+    return ds
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+
+
+def train_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frames: int,
+                  text_len: int, batch_size: int, seed: int, mix: Mix = Mix(),
+                  level_rate: float = 0.3, num_workers: int = 0, shard_index: int = 0,
+                  shard_count: int = 1) -> grain.IterDataset:
+  """Endless, shuffled, batched training examples for this host (batch_size is per host)."""
+  ds = grain.MapDataset.range(len(meta))
+  ds = _shard(ds, shard_index, shard_count).shuffle(seed=seed).repeat()
+  ds = ds.random_map(PlanPair(meta, mix, level_rate), seed=seed)
+  ds = ds.map(LoadExample(records, meta, tokenizer, model_config, num_frames, text_len))
+  ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+  return _prefetch(ds, num_workers)
+
+
+def _pad_batch(batch, batch_size: int):
+  """Pads a final short batch to batch_size with copies of its first row, valid = False."""
+  n = len(batch["valid"])
+  if n == batch_size:
+    return batch
+  pad = lambda x: np.concatenate([x, np.repeat(x[:1], batch_size - n, axis=0)])
+  batch = {k: pad(v) for k, v in batch.items()}
+  batch["valid"][n:] = False
+  return batch
+
+
+def eval_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frames: int,
+                 text_len: int, batch_size: int, num_workers: int = 0, shard_index: int = 0,
+                 shard_count: int = 1) -> grain.IterDataset:
+  """Every record of this host's shard once, in order, as a single video with the level
+  prompt (so the level-token score is read). The last batch is padded; `valid` marks
+  real rows."""
+  ds = _shard(grain.MapDataset.range(len(meta)), shard_index, shard_count)
+  ds = ds.map(lambda i: dict(a=int(i), b=int(i), kind=int(PairKind.SINGLE),
+                             task=int(Task.LEVEL), text_seed=0))
+  ds = ds.map(LoadExample(records, meta, tokenizer, model_config, num_frames, text_len))
+  ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=False)
+  ds = ds.map(functools.partial(_pad_batch, batch_size=batch_size))
+  return _prefetch(ds, num_workers)

@@ -1,0 +1,171 @@
+"""grain pipeline: pair planning rules, example contents against a direct computation,
+per-host sharding, and exact resumption from a saved iterator state."""
+
+import numpy as np
+import pytest
+from absl import flags
+
+from cpllm import configs
+from cpllm.data import features
+from cpllm.data import instructions
+from cpllm.data import pipeline
+from cpllm.data import tokenizer as tokenizer_lib
+from cpllm.data import video
+
+flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
+
+CFG = configs.load("configs/tiny.py")
+CRFS = (features.NO_CRF, 23, 35)
+
+
+def make_records(num_sources=4, frames=4, seed=0):
+  rng = np.random.default_rng(seed)
+  records = []
+  for s in range(num_sources):
+    base = rng.integers(0, 256, (frames, 40, 56, 3), dtype=np.uint8)
+    for j, crf in enumerate(CRFS):
+      mos = 4.6 - 1.1 * j - 0.2 * s
+      dims = np.clip(mos + rng.normal(0, 0.3, len(features.DIMENSIONS)), 1, 5)
+      records.append(dict(
+          id=f"src{s}/crf{crf}", source_id=f"src{s}", frames=(base // (j + 1)).astype(np.uint8),
+          mos=np.float32(mos), is_original=crf == features.NO_CRF, crf=np.int32(crf),
+          dimensions=dims.astype(np.float32),
+          description=instructions.chain_of_thought(
+              dict(zip(features.DIMENSIONS, dims)), mos, rng=rng)))
+  return records
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  rng = np.random.default_rng(1)
+  texts = [r["description"] for r in make_records()] + [pipeline.DESCRIBE_PROMPT]
+  texts += [instructions.LEVEL_PROMPT + instructions.level_answer(s) for s in (1.2, 3, 4.9)]
+  dims = dict(zip(features.DIMENSIONS, [3.0] * 5))
+  texts += [" ".join(instructions.compare(dims, 4.0, dims, 2.0, rng=rng)) for _ in range(5)]
+  path = tokenizer_lib.train_sentencepiece(
+      texts * 3, str(tmp_path_factory.mktemp("spm") / "tok"), vocab_size=600)
+  return tokenizer_lib.Tokenizer(path)
+
+
+@pytest.fixture(scope="module")
+def data():
+  records = make_records()
+  return records, pipeline.read_metadata(records)
+
+
+def kwargs(**over):
+  return dict(dict(model_config=CFG.model, num_frames=CFG.num_frames, text_len=160,
+                   batch_size=4, seed=7), **over)
+
+
+def test_plans_follow_pair_rules(data):
+  records, meta = data
+  counts = {k: 0 for k in pipeline.PairKind}
+  plan = pipeline.PlanPair(meta, pipeline.Mix(), level_rate=0.3)
+  rng = np.random.default_rng(0)
+  for i in range(300):
+    p = plan.random_map(i % len(meta), rng)
+    kind = pipeline.PairKind(p["kind"])
+    counts[kind] += 1
+    a, b = p["a"], p["b"]
+    if kind == pipeline.PairKind.SINGLE:
+      assert a == b and p["task"] in (pipeline.Task.LEVEL, pipeline.Task.DESCRIBE)
+    elif kind == pipeline.PairKind.SAME_SOURCE:
+      assert meta.source_ids[a] == meta.source_ids[b] and meta.crf[a] < meta.crf[b]
+      assert p["task"] == pipeline.Task.COMPARE
+    else:
+      assert meta.source_ids[a] != meta.source_ids[b] and meta.mos[a] >= meta.mos[b]
+  assert min(counts.values()) > 60  # equal weights -> about 100 each
+
+
+def test_mix_presets_and_fallbacks(data):
+  records, meta = data
+  rng = np.random.default_rng(0)
+  single = pipeline.PlanPair(meta, pipeline.Mix(1, 0, 0), 0.0)
+  assert {single.random_map(i, rng)["kind"] for i in range(12)} == {pipeline.PairKind.SINGLE}
+  pairwise = pipeline.PlanPair(meta, pipeline.Mix(0, 1, 1), 0.0)
+  assert pipeline.PairKind.SINGLE not in {pairwise.random_map(i, rng)["kind"]
+                                          for i in range(12)}
+  # One source only: cross pairs are impossible and fall back to single.
+  one = pipeline.read_metadata(records[:1])
+  fallback = pipeline.PlanPair(one, pipeline.Mix(0, 0, 1), 0.0)
+  assert fallback.random_map(0, rng)["kind"] == pipeline.PairKind.SINGLE
+  with pytest.raises(ValueError, match="mix weights"):
+    pipeline.Mix(0, 0, 0).probabilities()
+
+
+def test_examples_match_direct_preprocessing(data, tokenizer):
+  records, meta = data
+  ds = pipeline.train_dataset(records, meta, tokenizer, **kwargs())
+  batch = next(iter(ds))
+  b, m = 4, CFG.num_frames
+  r, k, p = CFG.model["ctx_res"], CFG.model["num_patches"], CFG.model["patch_size"]
+  assert batch["ctx"].shape == (b, 2, m, r, r, 3) and batch["ctx"].dtype == np.uint8
+  assert batch["patches"].shape == (b, 2, m, k, p, p, 3)
+  picks = pipeline.frame_picks(4, m)
+  for row in range(b):
+    a, second = batch["index"][row]
+    frames = records[a]["frames"][picks]
+    want_ctx = np.clip(np.round(np.asarray(video.context_frames(frames, r))), 0, 255)
+    np.testing.assert_array_equal(batch["ctx"][row, 0], want_ctx)
+    want_patches = np.clip(np.round(np.asarray(video.pixel_patches(
+        frames, k, p, tuple(CFG.model["pix_box"])))), 0, 255)
+    np.testing.assert_array_equal(batch["patches"][row, 0], want_patches)
+    single = batch["pair_kind"][row] == pipeline.PairKind.SINGLE
+    assert batch["video_mask"][row].tolist() == [True, not single]
+    np.testing.assert_array_equal(batch["mos"][row], meta.mos[[a, second]])
+    # The text is the planned prompt + target with the prefix/suffix masks.
+    text = batch["text"][row]
+    prefix = text[(batch["mask_ar"][row] == 0) & batch["input_mask"][row]]
+    target = text[batch["mask_loss"][row] == 1]
+    decoded_prompt = tokenizer.decode(prefix[1:].tolist())
+    assert decoded_prompt in (instructions.LEVEL_PROMPT, pipeline.DESCRIBE_PROMPT) or (
+        "better" in decoded_prompt or "?" in decoded_prompt)
+    if batch["task"][row] == pipeline.Task.LEVEL:
+      assert tokenizer.decode(target[:-1].tolist()) == instructions.level_answer(
+          float(meta.mos[a]))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_restored_iterator_continues_exactly(data, tokenizer, workers):
+  records, meta = data
+  make = lambda: pipeline.train_dataset(records, meta, tokenizer, **kwargs(
+      num_workers=workers))
+  it = iter(make())
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(4)]  # crosses the 12-record epoch boundary
+  restored = iter(make())
+  restored.set_state(state)
+  for w in want:
+    got = next(restored)
+    for key in w:
+      np.testing.assert_array_equal(got[key], w[key], err_msg=key)
+
+
+def test_eval_covers_each_shard_once_with_padding(data, tokenizer):
+  records, meta = data
+  seen = []
+  for shard in range(2):
+    eval_kwargs = kwargs(batch_size=5, shard_index=shard, shard_count=2)
+    del eval_kwargs["seed"]
+    ds = pipeline.eval_dataset(records, meta, tokenizer, **eval_kwargs)
+    batches = list(ds)
+    assert [int(b["valid"].sum()) for b in batches] == [5, 1]
+    for b in batches:
+      assert (b["task"] == pipeline.Task.LEVEL).all()
+      assert not b["video_mask"][:, 1].any()
+      seen += b["index"][b["valid"], 0].tolist()
+  assert sorted(seen) == list(range(len(records)))
+
+
+def test_frame_picks_and_bad_metadata():
+  np.testing.assert_array_equal(pipeline.frame_picks(8, 5), [0, 2, 4, 5, 7])
+  np.testing.assert_array_equal(pipeline.frame_picks(3, 3), [0, 1, 2])
+  with pytest.raises(ValueError, match="Rebuild"):
+    pipeline.frame_picks(3, 5)
+  records = make_records(num_sources=1)
+  records[1]["mos"] = np.float32("nan")
+  with pytest.raises(ValueError, match="src0/crf23"):
+    pipeline.read_metadata(records)
