@@ -1,0 +1,68 @@
+"""CP-LLM's multi-task loss (papers/cp-llm.md, eq. 1-3).
+
+  L = w_pair * L_pair + w_reg * L_reg + w_text * L_text
+
+Each term is a masked mean whose denominator is the number of contributing items (at
+least 1), so a batch without pairs or without originals contributes 0, not NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def pairwise_hinge(pred, mos, is_pair):
+  """Eq. 1 over pairs: mean of max(0, -(q1 - q2)(q1_hat - q2_hat)).
+
+  Args:
+    pred, mos: float[B, 2] predicted and true scores of the two video slots.
+    is_pair: bool[B], False for single-video examples (and padding rows).
+
+  e.g. mos [[4, 2]], pred [[1, 3]] -> (4-2)(1-3) = -4 -> loss 4; pred [[3, 1]] -> 0.
+  """
+  product = (mos[:, 0] - mos[:, 1]) * (pred[:, 0] - pred[:, 1])
+  weight = is_pair.astype(jnp.float32)
+  return jnp.sum(jax.nn.relu(-product) * weight) / jnp.maximum(weight.sum(), 1.0)
+
+
+def regression(pred, mos, is_original):
+  """Eq. 2: squared error of the first video, over examples whose first video is an
+  original with a real MOS. pred, mos: float[B]; is_original: bool[B]."""
+  weight = is_original.astype(jnp.float32)
+  return jnp.sum((pred - mos) ** 2 * weight) / jnp.maximum(weight.sum(), 1.0)
+
+
+def text_cross_entropy(logits, text, mask_loss):
+  """Eq. 3: token cross-entropy over target tokens / number of target tokens in the batch.
+
+  Args:
+    logits: float[B, L, V] where logits[:, i] predicts text[:, i + 1].
+    text: int[B, L]; mask_loss: int[B, L], 1 on target tokens.
+
+  Returns (loss, number of target tokens).
+  """
+  targets = text[:, 1:]
+  weight = mask_loss[:, 1:].astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits[:, :-1].astype(jnp.float32), targets)
+  count = weight.sum()
+  return jnp.sum(ce * weight) / jnp.maximum(count, 1.0), count
+
+
+def total_loss(out, batch, weights):
+  """Weighted sum of the three losses for a batch; returns (loss, dict of the terms).
+
+  `batch['valid']` (False on padding rows) masks every term.
+  """
+  valid = batch["valid"].astype(bool)
+  is_pair = batch["video_mask"][:, 1].astype(bool) & valid
+  l_pair = pairwise_hinge(out["score"], batch["mos"], is_pair)
+  l_reg = regression(out["score"][:, 0], batch["mos"][:, 0],
+                     batch["is_original"][:, 0].astype(bool) & valid)
+  mask_loss = batch["mask_loss"] * valid[:, None]
+  l_text, n_tokens = text_cross_entropy(out["logits"], batch["text"], mask_loss)
+  loss = weights["pair"] * l_pair + weights["reg"] * l_reg + weights["text"] * l_text
+  return loss, dict(loss_pair=l_pair, loss_reg=l_reg, loss_text=l_text,
+                    n_pairs=is_pair.sum(), n_target_tokens=n_tokens)

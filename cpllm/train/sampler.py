@@ -1,0 +1,103 @@
+"""Autoregressive sampling from CP-LLM's decoder on the preallocated KV cache.
+
+One jitted function: prefill the prefix (visual tokens + prompt), then a
+`jax.lax.while_loop` that samples a token, appends it to the cache and stops when every
+sequence has produced EOS or `max_new_tokens` are out. Greedy when temperature == 0.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from cpllm.models import cpllm
+from cpllm.models import gemma
+
+
+def last_real_index(input_mask):
+  """Index of the last True per row: int[B] from bool[B, T]; e.g. [1 1 1 0 0] -> 2."""
+  t = input_mask.shape[1]
+  return t - 1 - jnp.argmax(input_mask[:, ::-1].astype(bool), axis=1)
+
+
+def _filter_logits(logits, temperature: float, top_k: int, top_p: float):
+  """Temperature, then top-k, then nucleus (top-p) filtering of float32[B, V]."""
+  logits = logits / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    # The smallest set whose mass reaches top_p: keep a token if the mass before it < top_p.
+    keep_sorted = (cumulative - jax.nn.softmax(sorted_logits, axis=-1)) < top_p
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1,
+                        keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def make_generate(model: cpllm.CPLLM, *, max_new_tokens: int, eos_id: int,
+                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
+  """A jitted `generate(variables, x, input_mask, mask_ar, rng=None)` for these settings
+  (temperature 0 = greedy); see `generate`."""
+  return jax.jit(functools.partial(
+      generate, model, max_new_tokens=max_new_tokens, eos_id=eos_id,
+      temperature=temperature, top_k=top_k, top_p=top_p))
+
+
+def generate(model: cpllm.CPLLM, variables, x, input_mask, mask_ar, rng=None, *,
+             max_new_tokens: int, eos_id: int, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0):
+  """Continues the prefix embeddings (call under jit, e.g. through `make_generate`).
+
+  Args:
+    model, variables: the CP-LLM and its variables.
+    x, input_mask, mask_ar: the prefix, float[B, T, D], bool[B, T], int[B, T] (from
+      `model.decoder_inputs`); padding may sit anywhere, the continuation follows the last
+      real token.
+    rng: PRNG key, needed when temperature > 0.
+    max_new_tokens, eos_id, temperature, top_k, top_p: sampling settings.
+
+  Returns:
+    dict(tokens int32[B, N] (eos_id after the end), logprobs float32[B, N] (log-softmax of
+    the unfiltered logits at the chosen token, 0 after the end), lengths int32[B] (tokens up
+    to and including EOS)).
+  """
+  b, t = input_mask.shape
+  llm = cpllm.build_gemma(model.decoder, model.dtype)
+  cache = gemma.init_cache(llm, b, t + max_new_tokens, dtype=model.dtype)
+  extend = lambda *args: model.apply(variables, *args, method=model.extend)
+  logits, cache = extend(x, input_mask, mask_ar, cache)
+  last = jnp.take_along_axis(logits, last_real_index(input_mask)[:, None, None], axis=1)[:, 0]
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+
+  def cond(state):
+    i, _, _, _, done, _, _ = state
+    return (i < max_new_tokens) & ~jnp.all(done)
+
+  def body(state):
+    i, cache, tokens, logprobs, done, last, rng = state
+    rng, key = jax.random.split(rng)
+    if temperature == 0.0:
+      token = jnp.argmax(last, axis=-1)
+    else:
+      token = jax.random.categorical(key, _filter_logits(last, temperature, top_k, top_p))
+    token = jnp.where(done, eos_id, token).astype(jnp.int32)
+    logprob = jnp.take_along_axis(jax.nn.log_softmax(last), token[:, None], axis=1)[:, 0]
+    tokens = tokens.at[:, i].set(token)
+    logprobs = logprobs.at[:, i].set(jnp.where(done, 0.0, logprob))
+    done = done | (token == eos_id)
+    embedded = model.apply(variables, token[:, None], method=model.embed_text)
+    ones = jnp.ones((b, 1), jnp.int32)
+    step_logits, cache = extend(embedded, ones.astype(bool), ones, cache)
+    return i + 1, cache, tokens, logprobs, done, step_logits[:, 0], rng
+
+  state = (jnp.int32(0), cache, jnp.full((b, max_new_tokens), eos_id, jnp.int32),
+           jnp.zeros((b, max_new_tokens), jnp.float32), jnp.zeros((b,), bool), last, rng)
+  _, _, tokens, logprobs, _, _, _ = jax.lax.while_loop(cond, body, state)
+  is_eos = tokens == eos_id
+  lengths = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1) + 1, max_new_tokens)
+  return dict(tokens=tokens, logprobs=logprobs, lengths=lengths.astype(jnp.int32))
