@@ -1,0 +1,1 @@
+"""Evaluation: metrics on gathered predictions (metrics.py) and PNG plots (plots.py)."""
