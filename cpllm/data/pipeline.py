@@ -121,19 +121,49 @@ def read_metadata(source: Sequence[Mapping[str, Any]]) -> Metadata:
       descriptions=np.array([_text(r["description"]) for r in rows], dtype=object))
 
 
-def open_split(name: str, split: str, data_dir: str):
-  """(records, metadata) of a built dataset `data_dir/name/<config>/<version>`."""
-  import tensorflow_datasets as tfds  # Heavy (TensorFlow); only built datasets need it.
-  versions = sorted(glob.glob(os.path.join(data_dir, name, "**", "dataset_info.json"),
-                              recursive=True))
-  if not versions:
+def dataset_dir(name: str, data_dir: str) -> str:
+  """The newest built version directory of dataset `name` under data_dir."""
+  infos = sorted(glob.glob(os.path.join(data_dir, name, "**", "dataset_info.json"),
+                           recursive=True))
+  if not infos:
     raise FileNotFoundError(f"no built dataset '{name}' under {data_dir} (build it with "
                             f"`tfds build data_builders/{name} --data_dir={data_dir}`)")
-  builder = tfds.builder_from_directory(os.path.dirname(versions[-1]))
+  return os.path.dirname(infos[-1])
+
+
+def dataset_tokenizer(name: str, data_dir: str) -> str:
+  """Path of the tokenizer.model a dataset build stored beside its records (the demo's)."""
+  path = os.path.join(dataset_dir(name, data_dir), "tokenizer.model")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: dataset '{name}' ships no tokenizer; "
+                            "set config.tokenizer to a sentencepiece model")
+  return path
+
+
+def open_split(name: str, split: str, data_dir: str):
+  """(records, metadata) of a split of a built dataset under data_dir."""
+  import tensorflow_datasets as tfds  # Heavy (TensorFlow); only built datasets need it.
+  builder = tfds.builder_from_directory(dataset_dir(name, data_dir))
   records = builder.as_data_source(split=split)
   light = builder.as_data_source(split=split, decoders=tfds.decode.PartialDecoding(
       {k: True for k in METADATA_FIELDS}))
   return records, read_metadata(light)
+
+
+def example_spec(model_config: Mapping[str, Any], num_frames: int, text_len: int,
+                 batch_size: int) -> dict[str, Any]:
+  """Shapes and dtypes of a batch as the pipelines produce it (ShapeDtypeStructs)."""
+  import jax  # Only for ShapeDtypeStruct; the pipeline itself runs in NumPy.
+  b, m, l = batch_size, num_frames, text_len
+  r, k, p = model_config["ctx_res"], model_config["num_patches"], model_config["patch_size"]
+  shapes = dict(
+      ctx=((b, 2, m, r, r, 3), np.uint8), patches=((b, 2, m, k, p, p, 3), np.uint8),
+      video_mask=((b, 2), np.bool_), mos=((b, 2), np.float32),
+      is_original=((b, 2), np.bool_), crf=((b, 2), np.int32), index=((b, 2), np.int32),
+      pair_kind=((b,), np.int32), task=((b,), np.int32), truncated=((b,), np.bool_),
+      valid=((b,), np.bool_), text=((b, l), np.int32), input_mask=((b, l), np.bool_),
+      mask_ar=((b, l), np.int32), mask_loss=((b, l), np.int32))
+  return {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
 
 
 class PlanPair(grain.transforms.RandomMap):

@@ -169,3 +169,12 @@ def test_frame_picks_and_bad_metadata():
   records[1]["mos"] = np.float32("nan")
   with pytest.raises(ValueError, match="src0/crf23"):
     pipeline.read_metadata(records)
+
+
+def test_batches_match_example_spec(data, tokenizer):
+  records, meta = data
+  batch = next(iter(pipeline.train_dataset(records, meta, tokenizer, **kwargs())))
+  spec = pipeline.example_spec(CFG.model, CFG.num_frames, 160, 4)
+  assert set(batch) == set(spec)
+  for key, want in spec.items():
+    assert batch[key].shape == want.shape and batch[key].dtype == want.dtype, key
