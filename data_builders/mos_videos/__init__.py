@@ -1,0 +1,1 @@
+"""mos_videos TFDS builder: `tfds build data_builders/mos_videos --config=<dataset> ...`."""
