@@ -140,14 +140,25 @@ def dataset_tokenizer(name: str, data_dir: str) -> str:
   return path
 
 
+def _label_fields(example) -> dict[str, Any]:
+  """METADATA_FIELDS of a serialized record (a tf.train.Example), frames left undecoded."""
+  out = {}
+  for name in METADATA_FIELDS:
+    feature = example.features.feature[name]
+    values = getattr(feature, feature.WhichOneof("kind")).value
+    out[name] = list(values) if name == "dimensions" else values[0]
+  return out
+
+
 def open_split(name: str, split: str, data_dir: str):
   """(records, metadata) of a split of a built dataset under data_dir."""
   import tensorflow_datasets as tfds  # Heavy (TensorFlow); only built datasets need it.
   builder = tfds.builder_from_directory(dataset_dir(name, data_dir))
   records = builder.as_data_source(split=split)
-  light = builder.as_data_source(split=split, decoders=tfds.decode.PartialDecoding(
-      {k: True for k in METADATA_FIELDS}))
-  return records, read_metadata(light)
+  # Planning reads every record's labels; skip decoding the PNG frames for that.
+  raw = builder.as_data_source(
+      split=split, deserialize_method=tfds.decode.DeserializeMethod.DESERIALIZE_NO_DECODE)
+  return records, read_metadata([_label_fields(raw[i]) for i in range(len(raw))])
 
 
 def example_spec(model_config: Mapping[str, Any], num_frames: int, text_len: int,
