@@ -1,0 +1,63 @@
+"""The demo: a small CP-LLM trained from scratch on the embedded demo_videos dataset.
+
+  python -m cpllm.main --config=configs/demo.py --workdir=runs/demo
+
+No pretrained weights can be downloaded here, so the context encoder is trained too
+(`context_encoder='all'`) and so are the decoder's base weights beside its LoRA adapters
+(`train_decoder_base`: a random frozen decoder cannot learn language through rank-4
+adapters); configs/paper.py keeps SigLIP and Gemma frozen as the paper does. All three
+losses are on and the pipeline mixes single videos, same-source CRF pairs and cross-video
+pairs (the paper's Mix). `configs/demo.py:smoke` is a few-step version for tests.
+"""
+
+import ml_collections
+
+DATA_DIR = "runs/data"
+
+
+def get_config(arg: str | None = None):
+  smoke = arg == "smoke"
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = dict(
+      ctx_encoder=dict(variant="tiny", scan=True),
+      pix_encoder=dict(variant="tiny", scan=True),
+      decoder=dict(variant="tiny", vocab_size=1024, lora_rank=4,
+                   lora_targets=("q_einsum", "kv_einsum")),
+      ctx_res=64,
+      ctx_pool=2,
+      patch_size=32,
+      num_patches=4,
+      pix_box=(120, 240),
+      score_hidden=64,
+      decoder_frames=1,
+      level_token_ids=None,  # read from the tokenizer at start
+  )
+  config.num_frames = 4
+  config.text_len = 192
+  config.data = dict(name="demo_videos", data_dir=DATA_DIR, train_split="train",
+                     eval_split="test", mix=dict(single=1.0, same_source=1.0, cross=1.0),
+                     level_rate=0.3, num_workers=0 if smoke else 2)
+  config.tokenizer = None  # the demo_videos build ships its own tokenizer.model
+  config.context_encoder = "all"
+  config.train_decoder_base = True
+  config.param_rules = None  # derived from context_encoder and LoRA; see trainer.param_rules
+  config.init = dict(siglip=None, paligemma=None, gemma=None, pix_vit=None)
+  config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0)
+
+  config.batch_size = 4 if smoke else 16
+  config.total_steps = 6 if smoke else 600
+  config.lr = 1e-3
+  config.schedule = "cosine"
+  config.warmup_steps = 2 if smoke else 50
+  config.grad_clip = 1.0
+  config.mesh = (-1, 1, 1)
+
+  config.log_every = 2 if smoke else 25
+  config.checkpoint_every = 3 if smoke else 100
+  config.keep_checkpoints = 2
+  config.eval_every = 6 if smoke else 300
+  config.eval_batch_size = 8 if smoke else 32
+  config.eval_describe = 2 if smoke else 8
+  config.describe_tokens = 16 if smoke else 96
+  return config
