@@ -17,6 +17,7 @@ def train_config(**over):
   tiny = configs.load("configs/tiny.py")
   config.model = dict(tiny.model, level_token_ids=(10, 11, 12, 13, 14))
   config.num_frames, config.text_len = 2, 12
+  config.train_decoder_base = False  # the paper's LoRA-only decoder
   for key, value in over.items():
     config[key] = value
   return config
