@@ -3,7 +3,7 @@
 VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(CURDIR)/.venv)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cpllm-installed
-PYTEST_ARGS ?= -n auto
+PYTEST_ARGS ?= -n auto --dist loadfile
 
 .PHONY: setup test demo clean
 
@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
-	$(PY) -m cpllm.smoke
+	$(PY) -m cpllm.demo
 
 clean:
 	rm -rf runs .pytest_cache

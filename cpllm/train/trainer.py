@@ -168,11 +168,15 @@ def create_state(config, model: cpllm.CPLLM, spec, mesh, rng):
   trainable, frozen = partition(params, mults)
   optimizer = make_optimizer(config, trainable, mults)
   trainable_sh, frozen_sh = partition(param_sh, mults)
-  opt_state = jax.jit(optimizer.init)(trainable)
-  opt_sh = jax.tree.map(lambda x: x.sharding, opt_state)
-  state = dict(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen,
-               opt_state=opt_state)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  # Moments are sharded like their parameters; counters are replicated.
+  opt_sh = optax.tree_utils.tree_map_params(
+      optimizer, lambda _, sh: sh, jax.eval_shape(optimizer.init, trainable), trainable_sh,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(trainable)
+  state = dict(step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
+               trainable=trainable, frozen=frozen, opt_state=opt_state)
   state_sh = dict(step=replicated, trainable=trainable_sh, frozen=frozen_sh,
                   opt_state=opt_sh)
   batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
@@ -350,6 +354,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model = cpllm.CPLLM(**config.model)
   mesh = sharding.make_mesh(config.get("mesh", (-1, 1, 1)))
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.batch_size % batch_shards:
+    raise ValueError(f"batch_size {config.batch_size} does not split over the mesh's "
+                     f"{batch_shards} batch shards (data x fsdp of {dict(mesh.shape)})")
   example = pipeline.example_spec(config.model, config.num_frames, config.text_len,
                                   config.batch_size)
   state, setup = create_state(config, model, example, mesh,

@@ -1,0 +1,138 @@
+"""End to end on a tiny built demo_videos: train a few steps, evaluate, resume; a run killed
+with SIGKILL and resumed ends with exactly the parameters of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from absl import flags
+
+from cpllm import configs
+from cpllm.train import trainer
+from data_builders.demo_videos import demo_videos
+
+flags.FLAGS.mark_as_parsed()
+
+TINY_DATA = dict(name="tiny", sources=("chelsea", "coins", "rocket", "coffee"), height=48,
+                 width=64, clip_frames=8, num_frames=3, crfs=(23, 27, 33, 43),
+                 blur_sigmas=(2.5,), noise_sigmas=(20.0,), exposure_gains=(),
+                 stutter_strengths=(), drop_strengths=(), test_share=0.25, vocab_size=600)
+REPO = str(configs.REPO_ROOT)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tfds")
+  demo_videos.DemoVideos(config=demo_videos.DemoVideosConfig(**TINY_DATA),
+                         data_dir=str(path)).download_and_prepare()
+  return str(path)
+
+
+def smoke_overrides(data_dir):
+  return {"data.data_dir": data_dir, "model.decoder.vocab_size": 600, "num_frames": 2,
+          "batch_size": 8, "eval_batch_size": 8,
+          "text_len": 176, "model.ctx_res": 32, "model.patch_size": 16,
+          "model.pix_box": (48, 96), "describe_tokens": 8}
+
+
+def smoke_config(data_dir, **over):
+  config = configs.load("configs/demo.py:smoke")
+  for key, value in dict(smoke_overrides(data_dir), **over).items():
+    target, *path = key.split(".")
+    if path:
+      node = config[target]
+      for part in path[:-1]:
+        node = node[part]
+      node[path[-1]] = value
+    else:
+      config[key] = value
+  return config
+
+
+def final_params(workdir):
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))["state"]
+  return manager.latest_step(), restored
+
+
+def test_train_evaluate_and_resume(data_dir, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  metrics = trainer.main(smoke_config(data_dir), workdir)
+  for key in ("srcc", "krcc", "plcc", "plcc_raw", "rmse", "flip_rate", "flip_ties",
+              "n_videos", "level_srcc", "text_parse_rate"):
+    assert key in metrics, key
+  assert set(metrics["flip_rate"]) >= {"2", "4", "6", "8", "10", "20"}
+  assert metrics["n_videos"] > 0
+  out = os.path.join(workdir, "eval", "6")
+  assert json.load(open(os.path.join(out, "metrics.json")))["srcc"] == metrics["srcc"]
+  for name in ("scatter.png", "flip_rate.png", "descriptions.jsonl"):
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert {r["step"] for r in rows if "loss" in r} == {2, 4, 6}
+  assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 6
+  printed = capsys.readouterr().out
+  assert "step 6/6" in printed and "ETA" in printed
+
+  # Same command again: nothing left to train, the last evaluation is returned.
+  again = trainer.main(smoke_config(data_dir), workdir)
+  assert again["srcc"] == metrics["srcc"]
+  assert "resumed from step 6" in capsys.readouterr().out
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer.main(smoke_config(data_dir, total_steps=3, eval_every=100), workdir)
+  bad = smoke_config(data_dir, total_steps=6, loss_weights=dict(pair=1.0, reg=float("nan"),
+                                                                text=1.0))
+  with pytest.raises(FloatingPointError, match=r"step 4: .*step 3\) is intact"):
+    trainer.main(bad, workdir)
+  step, _ = final_params(workdir)
+  assert step == 3
+
+
+def command(data_dir, workdir, steps):
+  args = [sys.executable, "-m", "cpllm.main", "--config=configs/demo.py:smoke",
+          f"--workdir={workdir}", f"--config.total_steps={steps}",
+          "--config.checkpoint_every=2", "--config.eval_every=1000"]
+  for key, value in smoke_overrides(data_dir).items():
+    args.append(f"--config.{key}={value if not isinstance(value, tuple) else list(value)}")
+  return args
+
+
+def test_sigkill_and_resume_give_identical_parameters(data_dir, tmp_path):
+  steps = 8
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  straight = str(tmp_path / "straight")
+  subprocess.run(command(data_dir, straight, steps), cwd=REPO, env=env, check=True,
+                 capture_output=True, timeout=600)
+
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(command(data_dir, killed, steps), cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  ckpt = os.path.join(killed, "checkpoints", "4", "commit_success.txt")
+  while not os.path.exists(ckpt) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.exists(ckpt), "the run ended before its step-4 checkpoint"
+  resumed = subprocess.run(command(data_dir, killed, steps), cwd=REPO, env=env, check=True,
+                           capture_output=True, text=True, timeout=600)
+  assert "resumed from step" in resumed.stdout
+
+  (step_a, a), (step_b, b) = final_params(straight), final_params(killed)
+  assert step_a == step_b == steps
+  flat = lambda tree: {k: np.asarray(v) for k, v in trainer.traverse_util.flatten_dict(
+      tree, sep="/").items()}
+  fa, fb = flat(a["trainable"]), flat(b["trainable"])
+  assert fa.keys() == fb.keys()
+  for key in fa:
+    np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
