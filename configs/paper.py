@@ -5,8 +5,10 @@ K = 8 non-overlapping 224x224 patches of the frame fitted into 540x1080 (the pap
 VideoPrism; its ViT-B backbone has the same shape); Gemma 2B with LoRA rank 4 on q, k, v;
 M = 5 key frames; text length 512; Adam at 1e-4; batch 128; equal loss weights.
 
-`configs/paper.py:gemma2` swaps in Gemma 2 2B. Checkpoint and tokenizer paths are set on
-the command line, e.g. --config.init.paligemma=/ckpt/pt_224.npz (see README).
+`configs/paper.py:gemma2` swaps in Gemma 2 2B. The data, checkpoint and tokenizer paths are
+set on the command line, e.g. --config.data.data_dir=/data/tfds
+--config.init.paligemma=/ckpt/pt_224.npz --config.tokenizer=/ckpt/tokenizer.model (see
+README). The paper trains 500 epochs; `total_steps` is the budget in steps at batch 128.
 """
 
 import ml_collections
@@ -33,11 +35,32 @@ def get_config(arg: str | None = None):
   )
   config.num_frames = 5
   config.text_len = 512
-  config.batch_size = 128
-  config.lr = 1e-4
-  config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0)
-  config.freeze_context_encoder = "frozen"  # frozen | head | all
+  config.seed = 0
+  # LSVQ with its compression variants (build: data_builders/crf_variants over LSVQ).
+  config.data = dict(name="crf_variants", data_dir=None, train_split="train",
+                     eval_split="test", mix=dict(single=1.0, same_source=1.0, cross=1.0),
+                     level_rate=0.3, num_workers=8)
+  config.tokenizer = None  # Path to Gemma's tokenizer.model (sentencepiece); required.
+  config.context_encoder = "frozen"  # frozen | head | all
+  config.train_decoder_base = False  # LoRA only
+  config.param_rules = None
   # Public checkpoints to start from (None: random init). Paths, not downloads.
   config.init = dict(siglip=None, paligemma=None, gemma=None, pix_vit=None)
-  config.tokenizer = None  # Path to Gemma's tokenizer.model (sentencepiece).
+  config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0)
+
+  config.batch_size = 128
+  config.total_steps = 100_000
+  config.lr = 1e-4
+  config.schedule = "cosine"
+  config.warmup_steps = 1000
+  config.grad_clip = 1.0
+  config.mesh = (-1, 1, 1)
+
+  config.log_every = 50
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 3
+  config.eval_every = 5000
+  config.eval_batch_size = 128
+  config.eval_describe = 16
+  config.describe_tokens = 128
   return config

@@ -325,6 +325,9 @@ def resolve_tokenizer(config, data_dir: str) -> tokenizer_lib.Tokenizer:
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) and evaluates; returns the last evaluation's metrics."""
   config = ml_collections.ConfigDict(config.to_dict())
+  if not config.data.get("data_dir"):
+    raise ValueError("config.data.data_dir is not set: pass --config.data.data_dir=DIR, the "
+                     f"--data_dir the '{config.data.name}' dataset was built into")
   data_dir = os.path.abspath(config.data.data_dir)
   tokenizer = resolve_tokenizer(config, data_dir)
   if tokenizer.vocab_size > config.model["decoder"].get("vocab_size", tokenizer.vocab_size):

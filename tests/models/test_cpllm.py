@@ -211,3 +211,11 @@ def test_smoke_run_prints_every_stage(capsys):
   printed = capsys.readouterr().out
   for needle in ("forward pass only", "out['level_score']", "greedy tokens", "done in"):
     assert needle in printed
+
+
+def test_paper_config_has_every_training_field_of_the_demo():
+  """The trainer reads the same fields from both; paper.py must not lack one."""
+  flat = lambda c: set(c.to_dict()) | {f"data.{k}" for k in c.data}
+  paper, demo = configs.load("configs/paper.py"), configs.load("configs/demo.py")
+  assert flat(demo) <= flat(paper)
+  assert paper.context_encoder == "frozen" and not paper.train_decoder_base
