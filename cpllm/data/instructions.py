@@ -50,6 +50,7 @@ class Dimension:
   topic: str
   question: str
   states: tuple[str, str, str, str, str]
+  plural: bool = False  # "compression artifacts are", not "is"
 
 
 # The distortions of the demo videos: blur, noise, compression, exposure, stutter/drops.
@@ -74,7 +75,7 @@ DIMENSIONS = {
          "compression artifacts are clearly visible",
          "some compression artifacts appear in detailed areas",
          "compression artifacts are barely noticeable",
-         "there are no visible compression artifacts")),
+         "there are no visible compression artifacts"), plural=True),
     "exposure": Dimension(
         "exposure", "Is the video over- or underexposed?",
         ("the exposure is far off and much of the detail is washed out or crushed",
@@ -198,8 +199,8 @@ def weakest_dimension(dims: Mapping[str, float], *,
   i = levels[weakest[0]]
   names = _join([DIMENSIONS[n].topic for n in weakest], "and")
   if i >= LEVELS.index("good"):
-    return question, (f"No aspect degrades it much; {names} "
-                      f"{'is' if len(weakest) == 1 else 'are'} the weakest, still {LEVELS[i]}.")
+    return question, (f"No aspect degrades it much; {names} {_is_are(weakest)} the weakest, "
+                      f"still {LEVELS[i]}.")
   states = "; ".join(DIMENSIONS[n].states[i] for n in weakest)
   return question, f"{_cap(names)} ({LEVELS[i]}): {states}."
 
@@ -344,11 +345,16 @@ def _summary(levels: dict[str, int]) -> str:
   low, high = min(levels.values()), max(levels.values())
   if low == high:
     return f"All {len(levels)} aspects are {LEVELS[low]}."
-  weakest = [DIMENSIONS[n].topic for n in levels if levels[n] == low]
+  weakest = [n for n in levels if levels[n] == low]
   strongest = [DIMENSIONS[n].topic for n in levels if levels[n] == high]
-  return (f"{_cap(_join(weakest, 'and'))} {'is' if len(weakest) == 1 else 'are'} the "
-          f"weakest ({LEVELS[low]}) and {_join(strongest, 'and')} the strongest "
-          f"({LEVELS[high]}).")
+  return (f"{_cap(_join([DIMENSIONS[n].topic for n in weakest], 'and'))} "
+          f"{_is_are(weakest)} the weakest ({LEVELS[low]}) and {_join(strongest, 'and')} "
+          f"the strongest ({LEVELS[high]}).")
+
+
+def _is_are(names: Sequence[str]) -> str:
+  """The verb for a list of dimension names: 'noise is', 'compression artifacts are'."""
+  return "are" if len(names) > 1 or DIMENSIONS[names[0]].plural else "is"
 
 
 def _llava_turns(record: dict) -> list[tuple[str, str, str]]:

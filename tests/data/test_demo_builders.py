@@ -14,21 +14,18 @@ import subprocess
 import sys
 import warnings
 
+import grain
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+from absl import flags
 
-tfds = pytest.importorskip("tensorflow_datasets")
-pytest.importorskip("imageio_ffmpeg")
-pytest.importorskip("skimage")
-
-from cpllm.data import demo_clips  # pylint: disable=wrong-import-position
-from cpllm.data import features  # pylint: disable=wrong-import-position
-from cpllm.data import instructions  # pylint: disable=wrong-import-position
-from cpllm.data import tokenizer  # pylint: disable=wrong-import-position
-# pylint: disable=wrong-import-position
+from cpllm.data import demo_clips
+from cpllm.data import features
+from cpllm.data import instructions
+from cpllm.data import tokenizer
 from data_builders.demo_videos import demo_videos
 from data_builders.quality_instructions import quality_instructions
-# pylint: enable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIM = {name: i for i, name in enumerate(features.DIMENSIONS)}
@@ -223,8 +220,6 @@ def test_tokenizer_is_stored_with_the_dataset(demo, data_dir):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_grain_reads_the_data_source(demo, workers):
-  grain = pytest.importorskip("grain")
-  from absl import flags  # pylint: disable=import-outside-toplevel
   flags.FLAGS.mark_as_parsed()
   builder, splits = demo
   source = builder.as_data_source("train")

@@ -261,3 +261,12 @@ def test_read_llava_json_file_errors_always_raise(tmp_path, content, reason):
   path.write_text(content)
   with pytest.raises(ValueError, match=re.escape(f"{path}: {reason}")):
     I.read_llava_json(str(path), errors=[])
+
+
+def test_plural_dimension_takes_are():
+  dims = dict(sharpness=5.0, noise=5.0, compression=1.5, exposure=5.0, smoothness=5.0)
+  text = I.chain_of_thought(dims, 2.0, rng=np.random.default_rng(0))
+  assert "Compression artifacts are the weakest" in text
+  dims["compression"], dims["noise"] = 5.0, 1.5
+  assert "Noise is the weakest" in I.chain_of_thought(
+      dims, 2.0, rng=np.random.default_rng(0))

@@ -9,13 +9,12 @@ import hashlib
 import subprocess
 import types
 
+import av
 import numpy as np
 import pytest
+import skimage.data
 
 from cpllm.data import video
-
-av = pytest.importorskip("av")
-pytest.importorskip("imageio_ffmpeg")
 
 
 def ffmpeg(*args):
@@ -311,8 +310,7 @@ def test_odd_size_lossy_is_edge_padded_and_metrics_crop_it_back(tmp_path):
 
 def pan_clip(num_frames=24, height=96, width=160):
   """A real photograph (scikit-image's astronaut) seen by a camera panning right and down."""
-  skimage_data = pytest.importorskip("skimage.data")
-  photo = skimage_data.astronaut()[::2, ::2]  # 256 x 256 x 3
+  photo = skimage.data.astronaut()[::2, ::2]  # 256 x 256 x 3
   return np.stack([photo[i:i + height, 3 * i:3 * i + width] for i in range(num_frames)])
 
 
