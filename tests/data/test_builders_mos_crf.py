@@ -364,6 +364,11 @@ def test_mos_videos_lsvq(tmp_path):
   assert reasons[str(root / "ia-batch1" / "still.mp4")].startswith("too short: 1 frame")
   assert any("missing" in p and r.startswith("missing file") for p, r in reasons.items())
   assert any("nanmos" in p and "missing or NaN" in r for p, r in reasons.items())
+  # Through grain with worker processes, as the training pipeline reads it.
+  source = tfds.builder_from_directory(builder.data_path).as_data_source("test_1080p")
+  loaded = (grain.MapDataset.source(source).map(lambda r: text(r["id"])).to_iter_dataset()
+            .mp_prefetch(grain.MultiprocessingOptions(num_workers=2)))
+  assert sorted(loaded) == sorted(rows["test_1080p"])
 
 
 def test_mos_videos_konvid_with_seeded_split(tmp_path):
