@@ -61,5 +61,5 @@ def get_config(arg: str | None = None):
   config.eval_every = 6 if smoke else 300
   config.eval_batch_size = 8 if smoke else 32
   config.eval_describe = 2 if smoke else 8
-  config.describe_tokens = 16 if smoke else 96
+  config.describe_tokens = 16 if smoke else 160  # a full SIG description, level included
   return config

@@ -12,6 +12,10 @@ import subprocess
 import sys
 import time
 
+# TensorFlow (read by TFDS) logs its CPU-feature banner at import; the demo's output is the
+# progress lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -87,7 +87,8 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
   apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
   describe_left = config.get("eval_describe", 8)
   indices, scores, level_scores, texts, text_indices = [], [], [], [], []
-  for batch in dataset:
+  batches = iter(dataset)
+  for batch in batches:
     out = apply(params, batch)
     valid = batch["valid"]
     indices.append(batch["index"][valid, 0])
@@ -101,6 +102,7 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
       texts += [described[i] for i in keep]
       text_indices += batch["index"][keep, 0].tolist()
       describe_left -= len(keep)
+  batches.close()  # frees the prefetch workers' shared memory now, not at exit
 
   index = _gather(np.concatenate(indices))
   order = np.argsort(index)

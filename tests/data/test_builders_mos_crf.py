@@ -283,7 +283,10 @@ def test_tfds_command_starts():
 def test_crf_variants_command_line(tmp_path):
   src = tmp_path / "src"
   write(str(src / "x.mp4"), 0)
-  write(str(src / "y.mp4"), 1)
+  write(str(tmp_path / "y.mp4"), 1)
+  # An ordinary .avi as cameras and old tools write it: MPEG-4 Part 2 in AVI.
+  video.run_ffmpeg(["-i", str(tmp_path / "y.mp4"), "-c:v", "mpeg4", "-q:v", "2",
+                    str(src / "y.avi")])
   out = tmp_path / "out"
   config = '{"name": "cli", "crfs": [18, 30, 45], "num_frames": 3, "test_share": 0.5}'
   run = subprocess.run(
