@@ -241,10 +241,6 @@ def log_line(text: str) -> None:
   logging.info(text)
 
 
-def clock() -> float:
-  return time.perf_counter()
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -385,7 +381,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                workdir=workdir, writer=writer, mesh=mesh)
 
   first_step = int(state["step"]) + 1
-  eval_metrics, window, window_start = None, [], (first_step, clock())
+  eval_metrics, window, window_start = None, [], (first_step, time.perf_counter())
   try:
     for step in range(first_step, config.total_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -405,19 +401,19 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    for k in window[0] if k != "finite"}
         scalars["learning_rate"] = float(learning_rate(config)(step))
         writer.write_scalars(step, scalars)
-        rate = (step - window_start[0] + 1) / (clock() - window_start[1])
+        rate = (step - window_start[0] + 1) / (time.perf_counter() - window_start[1])
         log_line(f"step {step}/{config.total_steps}  loss {scalars['loss']:.4f} (pair "
                  f"{scalars['loss_pair']:.3f}, reg {scalars['loss_reg']:.3f}, text "
                  f"{scalars['loss_text']:.3f})  {rate:.2f} steps/s  ETA "
                  f"{format_eta((config.total_steps - step) / rate)}")
-        window, window_start = [], (step + 1, clock())
+        window, window_start = [], (step + 1, time.perf_counter())
       if step % config.checkpoint_every == 0 or step == config.total_steps:
         manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(train_iter)))
       if step % config.eval_every == 0 or step == config.total_steps:
         eval_metrics = evaluate(combine(state["trainable"], state["frozen"]), step=step)
-        window_start = (step + 1, clock())
+        window_start = (step + 1, time.perf_counter())
   finally:
     train_iter.close()  # stops the prefetch workers and frees their shared memory
   manager.wait_until_finished()
