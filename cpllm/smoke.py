@@ -13,13 +13,12 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cpllm import configs
 from cpllm.data import video
 from cpllm.models import cpllm
-from cpllm.models import gemma
+from cpllm.train import sampler
 
 
 def synthetic_clip(num_frames: int, height: int = 72, width: int = 128):
@@ -39,21 +38,6 @@ def box_blur(frames, radius: int = 2):
   return out.astype(np.uint8)
 
 
-def greedy_decode(model, variables, x, input_mask, mask_ar, steps: int):
-  """Prefills the prefix embeddings x float[B, T, D], then extends token by token."""
-  cache = gemma.init_cache(cpllm.build_gemma(model.decoder, model.dtype), x.shape[0],
-                           x.shape[1] + steps)
-  extend = jax.jit(lambda *a: model.apply(variables, *a, method=model.extend))
-  embed = jax.jit(lambda t: model.apply(variables, t, method=model.embed_text))
-  logits, cache = extend(x, input_mask, mask_ar, cache)
-  ones = jnp.ones((x.shape[0], 1), bool)
-  tokens = [jnp.argmax(logits[:, -1:], axis=-1)]
-  for _ in range(steps - 1):
-    logits, cache = extend(embed(tokens[-1]), ones, ones.astype(jnp.int32), cache)
-    tokens.append(jnp.argmax(logits[:, -1:], axis=-1))
-  return jnp.concatenate(tokens, axis=1)
-
-
 def main():
   start = time.time()
   config = configs.load("configs/tiny.py")
@@ -64,7 +48,7 @@ def main():
 
   clip = synthetic_clip(12)
   pristine, blurred = clip, box_blur(clip)
-  picks = ((np.arange(m) + 0.5) * len(clip) / m).astype(int)  # segment-centre key frames
+  picks = video.segment_centres(len(clip), m)
   frames = np.stack([pristine[picks], blurred[picks]])  # [V=2, M, H, W, 3]
   ctx = video.context_frames(frames, model_cfg["ctx_res"])
   patches = video.pixel_patches(frames, model_cfg["num_patches"], model_cfg["patch_size"],
@@ -95,7 +79,8 @@ def main():
           out["ctx_tokens"], out["pix_tokens"], batch["video_mask"],
           batch["text"][:, prompt], batch["input_mask"][:, prompt],
           batch["mask_ar"][:, prompt])
-  tokens = greedy_decode(model, variables, x, input_mask, mask_ar, steps=8)
+  tokens = sampler.make_generate(model, max_new_tokens=8, eos_id=-1)(
+      variables, x, input_mask, mask_ar)["tokens"]
   print(f"  greedy tokens (KV cache): {np.asarray(tokens[0]).tolist()}")
   print(f"done in {time.time() - start:.1f}s")
 

@@ -236,7 +236,7 @@ def frame_picks(stored: int, wanted: int) -> np.ndarray:
   if wanted > stored:
     raise ValueError(f"the dataset stores {stored} key frames per video; the config asks "
                      f"for {wanted}. Rebuild the dataset with more key frames.")
-  return ((np.arange(wanted) + 0.5) * stored / wanted).astype(int)
+  return video.segment_centres(stored, wanted)
 
 
 class LoadExample(grain.transforms.Map):

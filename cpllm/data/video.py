@@ -32,6 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def segment_centres(total: int, count: int) -> np.ndarray:
+  """Indices of `count` picks among `total` items at segment centres, e.g. (8, 5) -> [0 2 4
+  5 7], (5, 1) -> [2]: the rule for key frames, their subsets and decoder frames."""
+  return ((np.arange(count) + 0.5) * total / count).astype(int)
+
+
 def resize_bilinear(frames, height: int, width: int):
   """float32[..., H, W, 3] or uint8 -> float32[..., height, width, 3] (antialiased)."""
   frames = jnp.asarray(frames, jnp.float32)

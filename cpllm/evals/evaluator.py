@@ -44,16 +44,17 @@ def reference_records(meta: pipeline.Metadata) -> np.ndarray:
   return is_ref
 
 
-def describe(model, params, tokenizer, out, video_mask, *, prompt_len: int,
-             max_new_tokens: int):
-  """Greedy descriptions of the first video of each row (DESCRIBE_PROMPT) -> list[str]."""
+def describe(model, params, tokenizer, out, video_mask, generate, *, prompt_len: int):
+  """Greedy descriptions of the first video of each row (DESCRIBE_PROMPT) -> list[str].
+
+  `generate` is a `sampler.make_generate` function, built once per evaluation so it
+  compiles once.
+  """
   prompts = tokenizer_lib.encode_prompts(tokenizer, [pipeline.DESCRIBE_PROMPT] *
                                          len(video_mask), prompt_len)
   prefix = model.apply({"params": params}, out["ctx_tokens"], out["pix_tokens"], video_mask,
                        prompts["text"], prompts["input_mask"], prompts["mask_ar"],
                        method=model.decoder_inputs)
-  generate = sampler.make_generate(model, max_new_tokens=max_new_tokens,
-                                   eos_id=tokenizer.eos_id)
   result = jax.device_get(generate({"params": params}, *prefix))
   return [tokenizer.decode(tokens[:n][tokens[:n] != tokenizer.eos_id].tolist())
           for tokens, n in zip(result["tokens"], result["lengths"])]
@@ -86,6 +87,8 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
       shard_count=jax.process_count())
   apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
   describe_left = config.get("eval_describe", 8)
+  generate = sampler.make_generate(model, max_new_tokens=config.get("describe_tokens", 64),
+                                   eos_id=tokenizer.eos_id)
   indices, scores, level_scores, texts, text_indices = [], [], [], [], []
   batches = iter(dataset)
   for batch in batches:
@@ -95,9 +98,8 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
     scores.append(np.asarray(out["score"])[valid, 0])
     level_scores.append(np.asarray(out["level_score"])[valid])
     if describe_left > 0:
-      described = describe(model, params, tokenizer, out, batch["video_mask"],
-                           prompt_len=config.text_len,
-                           max_new_tokens=config.get("describe_tokens", 64))
+      described = describe(model, params, tokenizer, out, batch["video_mask"], generate,
+                           prompt_len=config.text_len)
       keep = np.flatnonzero(valid)[:describe_left]
       texts += [described[i] for i in keep]
       text_indices += batch["index"][keep, 0].tolist()

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cpllm.data import video
 from cpllm.models import gemma
 from cpllm.models import vit
 
@@ -54,7 +55,7 @@ def decoder_frame_indices(num_frames: int, decoder_frames: int) -> np.ndarray:
   """Segment-centre picks: e.g. M=5, d=1 -> [2]; d=2 -> [1, 3]; d=5 -> [0..4]."""
   if not 1 <= decoder_frames <= num_frames:
     raise ValueError(f"decoder_frames={decoder_frames} must be in [1, M={num_frames}]")
-  return ((np.arange(decoder_frames) + 0.5) * num_frames / decoder_frames).astype(int)
+  return video.segment_centres(num_frames, decoder_frames)
 
 
 def last_prefix_index(input_mask, mask_ar):
@@ -62,9 +63,12 @@ def last_prefix_index(input_mask, mask_ar):
 
   e.g. input_mask [1 1 1 0 1 1], mask_ar [0 0 0 0 1 1] -> 2.
   """
-  prefix = input_mask.astype(bool) & (jnp.cumsum(mask_ar, axis=1) == 0)
-  length = prefix.shape[1]
-  return length - 1 - jnp.argmax(prefix[:, ::-1], axis=1)
+  return last_true_index(input_mask.astype(bool) & (jnp.cumsum(mask_ar, axis=1) == 0))
+
+
+def last_true_index(mask):
+  """Index of the last True per row: int[B] from bool[B, T]; e.g. [1 1 1 0 0] -> 2."""
+  return mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1].astype(bool), axis=1)
 
 
 def level_score(logits, level_token_ids):

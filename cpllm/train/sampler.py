@@ -16,12 +16,6 @@ from cpllm.models import cpllm
 from cpllm.models import gemma
 
 
-def last_real_index(input_mask):
-  """Index of the last True per row: int[B] from bool[B, T]; e.g. [1 1 1 0 0] -> 2."""
-  t = input_mask.shape[1]
-  return t - 1 - jnp.argmax(input_mask[:, ::-1].astype(bool), axis=1)
-
-
 def _filter_logits(logits, temperature: float, top_k: int, top_p: float):
   """Temperature, then top-k, then nucleus (top-p) filtering of float32[B, V]."""
   logits = logits / temperature
@@ -71,7 +65,7 @@ def generate(model: cpllm.CPLLM, variables, x, input_mask, mask_ar, rng=None, *,
   cache = gemma.init_cache(llm, b, t + max_new_tokens, dtype=model.dtype)
   extend = lambda *args: model.apply(variables, *args, method=model.extend)
   logits, cache = extend(x, input_mask, mask_ar, cache)
-  last = jnp.take_along_axis(logits, last_real_index(input_mask)[:, None, None], axis=1)[:, 0]
+  last = jnp.take_along_axis(logits, cpllm.last_true_index(input_mask)[:, None, None], axis=1)[:, 0]
   rng = jax.random.PRNGKey(0) if rng is None else rng
 
   def cond(state):

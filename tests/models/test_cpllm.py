@@ -9,7 +9,6 @@ import pytest
 
 from cpllm import configs
 from cpllm.models import cpllm
-from cpllm.models import gemma
 
 L = 16
 
@@ -188,7 +187,7 @@ def test_paper_config_shapes_without_allocating():
 def test_cached_greedy_decoding_matches_full_forward(tiny):
   """Tokens decoded through `extend` on the KV cache are the argmax of one full forward
   pass over prompt + those tokens (a second code path)."""
-  from cpllm import smoke
+  from cpllm.train import sampler
   cfg, model, params, apply = tiny
   batch = make_batch(cfg, [[True, True], [True, False]], seed=4)
   prompt_len, steps = 6, 5
@@ -197,7 +196,8 @@ def test_cached_greedy_decoding_matches_full_forward(tiny):
       params, out["ctx_tokens"], out["pix_tokens"], batch["video_mask"],
       batch["text"][:, :prompt_len], batch["input_mask"][:, :prompt_len],
       batch["mask_ar"][:, :prompt_len], method=model.decoder_inputs)
-  tokens = np.asarray(smoke.greedy_decode(model, params, x, input_mask, mask_ar, steps))
+  tokens = np.asarray(sampler.make_generate(model, max_new_tokens=steps, eos_id=-1)(
+      params, x, input_mask, mask_ar)["tokens"])
   full = dict(batch, text=np.concatenate([batch["text"][:, :prompt_len], tokens], 1),
               input_mask=np.ones((2, prompt_len + steps), bool),
               mask_ar=(np.arange(prompt_len + steps) >= prompt_len)[None].repeat(2, 0))

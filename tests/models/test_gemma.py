@@ -174,7 +174,6 @@ def np_gemma_logits(p, cfg, tokens, input_mask, mask_ar):
   emb = f64(p["embedder"]["input_embedding"])
   x = emb[tokens] * np.sqrt(cfg["width"])
   pos = np.cumsum(input_mask, 1) - 1
-  seg = np.cumsum(mask_ar, 1)
   n, k, h = cfg["num_heads"], cfg["num_kv_heads"], cfg["head_dim"]
   for i in range(cfg["depth"]):
     lp = jax.tree.map(f64, p[f"layers_{i}"])

@@ -29,7 +29,6 @@ def setup():
 
 
 def full_forward_logits(model, variables, batch, tokens):
-  n = tokens.shape[1]
   text = np.concatenate([batch["text"][:, :PROMPT], tokens], 1)
   mask = np.concatenate([batch["input_mask"][:, :PROMPT], np.ones_like(tokens, bool)], 1)
   ar = np.concatenate([np.zeros((3, PROMPT), np.int32), np.ones_like(tokens)], 1)
