@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -332,7 +333,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.model.get("level_token_ids") is None:
     config.model["level_token_ids"] = tuple(tokenizer.level_token_ids())
   write_config(config, workdir)
-  log_line(f"workdir {workdir}; config written to config.json")
+  if jax.process_index() == 0:  # scoring and export read the run's tokenizer from here
+    shutil.copyfile(tokenizer.path, os.path.join(workdir, "tokenizer.model"))
+  log_line(f"workdir {workdir}; config and tokenizer written to config.json, "
+           "tokenizer.model")
 
   records, meta = pipeline.open_split(config.data.name, config.data.train_split, data_dir)
   eval_records, eval_meta = pipeline.open_split(config.data.name, config.data.eval_split,

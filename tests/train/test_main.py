@@ -1,6 +1,9 @@
-"""End to end on a tiny built demo_videos: train a few steps, evaluate, resume; a run killed
-with SIGKILL and resumed ends with exactly the parameters of an uninterrupted run."""
+"""End to end on a tiny built demo_videos: train a few steps, evaluate, resume, score video
+files from the workdir; a run killed with SIGKILL and resumed ends with exactly the
+parameters of an uninterrupted run."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -11,9 +14,13 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow_datasets as tfds
 from absl import flags
 
 from cpllm import configs
+from cpllm import score
+from cpllm.data import instructions
+from cpllm.data import video
 from cpllm.train import trainer
 from data_builders.demo_videos import demo_videos
 
@@ -62,9 +69,18 @@ def final_params(workdir):
   return manager.latest_step(), restored
 
 
-def test_train_evaluate_and_resume(data_dir, tmp_path, capsys):
-  workdir = str(tmp_path / "run")
-  metrics = trainer.main(smoke_config(data_dir), workdir)
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+  """(workdir, metrics, printed) of one 6-step smoke run with an evaluation at the end."""
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    metrics = trainer.main(smoke_config(data_dir), workdir)
+  return workdir, metrics, printed.getvalue()
+
+
+def test_train_evaluate_and_resume(data_dir, trained, capsys):
+  workdir, metrics, printed = trained
   for key in ("srcc", "krcc", "plcc", "plcc_raw", "rmse", "flip_rate", "flip_ties",
               "n_videos", "level_srcc", "text_parse_rate"):
     assert key in metrics, key
@@ -78,7 +94,6 @@ def test_train_evaluate_and_resume(data_dir, tmp_path, capsys):
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert {r["step"] for r in rows if "loss" in r} == {2, 4, 6}
   assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 6
-  printed = capsys.readouterr().out
   assert "step 6/6" in printed and "ETA" in printed
 
   # Same command again: nothing left to train, the last evaluation is returned.
@@ -136,3 +151,39 @@ def test_sigkill_and_resume_give_identical_parameters(data_dir, tmp_path):
   assert fa.keys() == fb.keys()
   for key in fa:
     np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
+
+
+def test_scorer_scores_files_with_the_checkpoint_the_trainer_wrote(data_dir, trained, tmp_path):
+  workdir, _, _ = trained
+  scorer = score.Scorer(workdir)
+  assert scorer.step == 6
+  assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
+
+  # Two key frames of a held-out record, written losslessly: reading them back with
+  # num_frames=2 gives exactly these frames.
+  source = tfds.data_source("demo_videos/tiny", split="test", data_dir=data_dir)
+  frames = np.stack(source[0]["frames"])[:2]
+  path = str(tmp_path / "clip.mkv")
+  video.write_video(frames, path, fps=2.0, lossless=True)
+  line = scorer.score_file(path)
+
+  # Reference: the whole saved state restored by orbax's plain path, then only the two
+  # encoders and the score head (no pair padding, no decoder) on the same frames.
+  _, state = final_params(workdir)
+  params = trainer.combine(state["trainable"], state["frozen"])
+  ctx, patches = video.preprocess(frames, scorer.config.model)
+  _, _, frame_scores = scorer.model.apply({"params": params}, ctx, patches,
+                                          method=scorer.model.encode_frames)
+  np.testing.assert_allclose(line["frame_scores"], frame_scores, atol=1e-5)
+  assert line["score"] == pytest.approx(float(np.clip(np.mean(frame_scores), 1, 5)), abs=1e-5)
+  assert line["level"] == instructions.score_to_level(line["score"])
+  assert 1.0 <= line["level_score"] <= 5.0
+  assert isinstance(line["description"], str)
+  assert "description" not in scorer.score_file(path, describe=False)
+
+  bad = tmp_path / "broken.mp4"
+  bad.write_bytes(b"not a video")
+  failed = scorer.score_file(str(bad))
+  assert set(failed) == {"path", "error"} and str(bad) in failed["error"]
+  with pytest.raises(FileNotFoundError, match="no checkpoint of step 5"):
+    score.Scorer(workdir, step=5)

@@ -1,0 +1,39 @@
+"""The paper's Table 4 ablations on the demo: one switch of configs/demo.py per run.
+
+  python -m cpllm.main --config=configs/demo_ablation.py:single --workdir=runs/ablation/single
+  python -m cpllm.ablation   # every row below, then the table (runs/ablation/table.md)
+
+Input pipeline (Table 4a/b), context encoder trained as in the demo ('all'):
+  single    single videos only: regression and text losses, no pairs
+  pairwise  same-source CRF pairs and cross-video pairs only
+  mix       the demo's mix of all three (= configs/demo.py)
+Context encoder (Table 4c/d), with the mix:
+  frozen    the context ViT and its projection fixed
+  head      only the projection `proj_ctx` trained
+  all       everything trained (= configs/demo.py; reported once, as 'mix')
+No pretrained SigLIP exists here, so 'frozen' and 'head' keep a *random* context tower:
+the comparison says how much the demo leans on a trained context path, not what the
+paper's frozen SigLIP gives.
+"""
+
+from cpllm import configs
+
+ABLATIONS = {
+    "single": dict(mix=dict(single=1.0, same_source=0.0, cross=0.0)),
+    "pairwise": dict(mix=dict(single=0.0, same_source=1.0, cross=1.0)),
+    "mix": dict(),
+    "frozen": dict(context_encoder="frozen"),
+    "head": dict(context_encoder="head"),
+}
+
+
+def get_config(arg: str | None = None):
+  if arg not in ABLATIONS:
+    raise ValueError(f"configs/demo_ablation.py needs one of {sorted(ABLATIONS)}, got {arg!r}")
+  config = configs.load("configs/demo.py")
+  change = ABLATIONS[arg]
+  if "mix" in change:
+    config.data.mix = change["mix"]
+  if "context_encoder" in change:
+    config.context_encoder = change["context_encoder"]
+  return config
