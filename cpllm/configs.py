@@ -13,6 +13,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 def load(spec: str) -> ml_collections.ConfigDict:
   """`configs/paper.py:gemma2` -> get_config('gemma2'); relative paths from the repo root."""
   path, _, arg = spec.partition(":")
+  return load_module(path).get_config(arg or None)
+
+
+def load_module(path: str):
+  """The module of a config file (for names beside get_config, e.g. a list of runs)."""
   file = pathlib.Path(path)
   if not file.is_absolute() and not file.exists():
     file = REPO_ROOT / file
@@ -21,4 +26,4 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module_spec = importlib.util.spec_from_file_location(f"cpllm_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return module

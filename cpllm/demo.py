@@ -2,7 +2,8 @@
 
 Stages, each timed: build the embedded `demo_videos` dataset with `tfds build` (skipped
 when already built), train `configs/demo.py` into runs/demo (resumes if interrupted),
-evaluate on the held-out sources, and print the evaluation table.
+evaluate on the held-out sources, score one held-out video file with the trained model
+(cpllm.score, the path a user's video takes), and print the evaluation table.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from cpllm import configs
-from cpllm.data import pipeline
-from cpllm.train import trainer
+import numpy as np
 
-flags.DEFINE_string("workdir", "runs/demo", "Training workdir.")
-flags.DEFINE_string("data_dir", "runs/data", "Where demo_videos is built.")
+from cpllm import configs
+from cpllm import score
+from cpllm.data import pipeline
+from cpllm.data import video
+from cpllm.train import trainer
 
 TABLE_KEYS = ("srcc", "krcc", "plcc", "plcc_raw", "rmse", "level_srcc", "dmos_srcc",
               "text_parse_rate", "text_level_accuracy", "n_videos")
@@ -42,6 +44,23 @@ def build_data(data_dir: str) -> None:
   command = [tfds, "build", "data_builders/demo_videos", f"--data_dir={data_dir}"]
   print("$ " + " ".join(command), flush=True)
   subprocess.run(command, check=True, cwd=configs.REPO_ROOT)
+
+
+def held_out_video(data_dir: str, out_dir: str) -> tuple[str, str, float]:
+  """Writes the held-out record of median pseudo-MOS as a lossless video file.
+
+  Its stored key frames become the video's frames, so reading config.num_frames key frames
+  back picks the frames the evaluation saw. Returns (path, record id, pseudo-MOS).
+  """
+  records, meta = pipeline.open_split("demo_videos", "test", data_dir)
+  index = int(np.argsort(meta.mos, kind="stable")[len(meta) // 2])
+  record = records[index]
+  record_id = str(meta.ids[index])
+  path = os.path.join(out_dir, "held_out", record_id.replace("/", "_") + ".mkv")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  video.write_video(np.stack(record["frames"]), path, fps=float(record["fps"]),
+                    lossless=True)
+  return path, record_id, float(meta.mos[index])
 
 
 def table(metrics: dict) -> str:
@@ -66,11 +85,27 @@ def main(argv):
   metrics = trainer.main(config, flags.FLAGS.workdir)
   timings["train + evaluate"] = time.perf_counter() - start
 
+  start = time.perf_counter()
+  path, record_id, mos = held_out_video(flags.FLAGS.data_dir, flags.FLAGS.workdir)
+  scored = score.Scorer(flags.FLAGS.workdir).score_file(path)
+  timings["score one video"] = time.perf_counter() - start
+  print(f"\nA held-out video scored from its file ({record_id}, pseudo-MOS {mos:.2f}):\n"
+        f"  $ python -m cpllm.score --workdir={flags.FLAGS.workdir} {path}\n"
+        f"  score {scored['score']:.2f} ({scored['level']}), level-token score "
+        f"{scored['level_score']:.2f}\n  description: {scored['description']}")
+
   print(f"\nHeld-out evaluation (step {metrics.get('step')}, "
         f"{flags.FLAGS.workdir}/eval/{metrics.get('step')}/):")
   print(table(metrics))
   print("\nTime per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
 
 
+def define_flags():
+  """The command line's flags (defined on use: importing this module adds none)."""
+  flags.DEFINE_string("workdir", "runs/demo", "Training workdir.")
+  flags.DEFINE_string("data_dir", "runs/data", "Where demo_videos is built.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

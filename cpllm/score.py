@@ -1,10 +1,15 @@
-"""Scoring video files with a trained CP-LLM.
+"""Scoring video files with a trained CP-LLM (also installed as the `cpllm-score` command).
 
-  python -m cpllm.score --workdir=runs/demo [--step=N] [--no_describe] VIDEO...
+  python -m cpllm.score --workdir=runs/demo [--step=N] [--nodescribe] VIDEO|FOLDER|'GLOB'...
+  python -m cpllm.score --workdir=runs/demo --output=scores.csv my_videos/   # or .jsonl
+  python -m cpllm.score --workdir=runs/demo --compare a.mp4 b.mp4
 
 prints one JSON line per video: path, score (clipped to 1..5), level (word), frame_scores,
-level_score and description (greedy). A video that cannot be read gives a line with path
-and error, the others go on, and the exit code is 1 if any failed.
+level_score and description (greedy). A file that cannot be read gives a line with path and
+error (naming the file and the reason), the others go on, and the exit code is 1 if any
+failed. With --output the lines go to a CSV or JSONL file, flushed per video, with a
+progress bar on stderr. --compare puts both videos in one example (the paper's pairwise
+inference): both scores, the better one, and the decoder's justification.
 
 Videos are read with `video.read_key_frames` (config.num_frames segment-centre key frames)
 and prepared by `video.preprocess`, the function the training pipeline uses.
@@ -12,9 +17,12 @@ and prepared by `video.preprocess`, the function the training pipeline uses.
 
 from __future__ import annotations
 
+import csv
+import glob
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,8 +34,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app
 from absl import flags
+from absl import logging
+import tqdm
 from flax import linen as nn
 
+from cpllm.data import build_utils
 from cpllm.data import instructions
 from cpllm.data import pipeline
 from cpllm.data import tokenizer as tokenizer_lib
@@ -37,6 +48,9 @@ from cpllm.train import sampler
 from cpllm.train import trainer
 
 TOKENIZER_FILE = "tokenizer.model"  # the trainer copies the run's tokenizer here
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+MEDIA_EXTENSIONS = build_utils.VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
+COMPARE_PROMPT = instructions.COMPARE_QUESTIONS[0]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -92,69 +106,186 @@ class Scorer:
         self.model, max_new_tokens=describe_tokens or config.get("describe_tokens", 64),
         eos_id=self.tokenizer.eos_id)
 
-  def _batch(self, frames: np.ndarray, prompt: str) -> dict[str, Any]:
-    """A one-video batch: frames uint8[M, H, W, 3] in slot A, B masked, `prompt` as text
-    (the level prompt, so that 'level_score' is read after it)."""
-    ctx, patches = video.preprocess(frames, self.config.model)
-    pad = lambda x: jnp.stack([x, jnp.zeros_like(x)])[None]
+  def _batch(self, frames: Sequence[np.ndarray], prompt: str) -> dict[str, Any]:
+    """A batch of one example: one or two videos' key frames (uint8[M, H, W, 3] each) in
+    slots A and B (B masked when alone) and `prompt` as the text."""
+    inputs = [video.preprocess(f, self.config.model) for f in frames]
+    if len(inputs) == 1:
+      inputs.append(tuple(jnp.zeros_like(x) for x in inputs[0]))
     prompts = tokenizer_lib.encode_prompts(self.tokenizer, [prompt], self.config.text_len)
-    return dict(ctx=pad(ctx), patches=pad(patches), video_mask=np.array([[True, False]]),
+    return dict(ctx=jnp.stack([inputs[0][0], inputs[1][0]])[None],
+                patches=jnp.stack([inputs[0][1], inputs[1][1]])[None],
+                video_mask=np.array([[True, len(frames) == 2]]),
                 text=prompts["text"], input_mask=prompts["input_mask"],
                 mask_ar=prompts["mask_ar"])
+
+  def _generate_text(self, out, video_mask, prompt: str) -> str:
+    """Greedy text after `prompt`, conditioned on the visual tokens of `out`."""
+    prompts = tokenizer_lib.encode_prompts(self.tokenizer, [prompt], self.config.text_len)
+    prefix = self.model.apply(
+        {"params": self.params}, out["ctx_tokens"], out["pix_tokens"], video_mask,
+        prompts["text"], prompts["input_mask"], prompts["mask_ar"],
+        method=self.model.decoder_inputs)
+    generated = jax.device_get(self._generate({"params": self.params}, *prefix))
+    tokens = generated["tokens"][0, :generated["lengths"][0]]
+    return self.tokenizer.decode(tokens[tokens != self.tokenizer.eos_id].tolist())
 
   def score_frames(self, frames: np.ndarray, describe: bool = True) -> dict[str, Any]:
     """Scores key frames uint8[M, H, W, 3] (M = config.num_frames).
 
     Returns dict(score, level, frame_scores, level_score[, description]).
     """
-    out = self._forward(self.params, self._batch(frames, instructions.LEVEL_PROMPT))
-    # The visual tokens do not depend on the text: the description reuses them.
-    # The regression head is unbounded; the reported score is clipped to the 1..5 scale
-    # (frame_scores stay raw).
-    score = float(np.clip(out["score"][0, 0], 1.0, 5.0))
-    result = dict(score=score, level=instructions.score_to_level(score),
+    # The level prompt makes the same forward pass give the level-token score.
+    out = self._forward(self.params, self._batch([frames], instructions.LEVEL_PROMPT))
+    result = dict(score=reported_score(out["score"][0, 0]),
                   frame_scores=[float(s) for s in out["frame_scores"][0, 0]],
                   level_score=float(out["level_score"][0]))
-    if describe:
-      prompt = tokenizer_lib.encode_prompts(self.tokenizer, [pipeline.DESCRIBE_PROMPT],
-                                            self.config.text_len)
-      prefix = self.model.apply(
-          {"params": self.params}, out["ctx_tokens"], out["pix_tokens"],
-          np.array([[True, False]]), prompt["text"], prompt["input_mask"], prompt["mask_ar"],
-          method=self.model.decoder_inputs)
-      generated = jax.device_get(self._generate({"params": self.params}, *prefix))
-      tokens = generated["tokens"][0, :generated["lengths"][0]]
-      result["description"] = self.tokenizer.decode(
-          tokens[tokens != self.tokenizer.eos_id].tolist())
+    result["level"] = instructions.score_to_level(result["score"])
+    if describe:  # the visual tokens do not depend on the text: reused
+      result["description"] = self._generate_text(out, np.array([[True, False]]),
+                                                   pipeline.DESCRIBE_PROMPT)
     return result
+
+  def read(self, path: str) -> np.ndarray:
+    """config.num_frames key frames of a video or image file (raises video.VideoError)."""
+    return video.read_key_frames(path, int(self.config.num_frames))[0]
 
   def score_file(self, path: str, describe: bool = True) -> dict[str, Any]:
     """{'path', 'score', ...} or {'path', 'error'} for a file that cannot be scored."""
     try:
-      frames, _ = video.read_key_frames(path, int(self.config.num_frames))
+      frames = self.read(path)
     except (video.VideoError, OSError) as e:
       return dict(path=path, error=str(e))
     return dict(path=path, **self.score_frames(frames, describe=describe))
 
+  def compare(self, path_a: str, path_b: str) -> dict[str, Any]:
+    """The paper's pairwise inference: both videos in one example, both scores, the better
+    one by score, and the decoder's justification for the pair.
 
-flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
-flags.DEFINE_integer("step", None, "Checkpoint step; the latest if not given.")
-flags.DEFINE_boolean("describe", True, "Generate a description (--no_describe skips the "
-                     "decoder).")
+    Returns dict(first, second, score_first, score_second, better: 'first' | 'second' |
+    'equal', justification) or dict(first, second, error).
+    """
+    try:
+      frames = [self.read(path_a), self.read(path_b)]
+    except (video.VideoError, OSError) as e:
+      return dict(first=path_a, second=path_b, error=str(e))
+    out = self._forward(self.params, self._batch(frames, COMPARE_PROMPT))
+    first, second = (reported_score(s) for s in out["score"][0])
+    better = "first" if first > second else "second" if second > first else "equal"
+    return dict(first=path_a, second=path_b, score_first=first, score_second=second,
+                better=better, justification=self._generate_text(
+                    out, np.array([[True, True]]), COMPARE_PROMPT))
+
+
+def reported_score(raw) -> float:
+  """The regression head is unbounded; scores are reported clipped to the 1..5 scale."""
+  return float(np.clip(raw, 1.0, 5.0))
+
+
+def expand_inputs(arguments: Sequence[str]) -> list[str]:
+  """Files, folders (their video and image files, sub-folders included, sorted) and glob
+  patterns -> file paths. A folder or pattern that matches nothing stays as given, so that
+  it is reported as an error line rather than dropped."""
+  paths = []
+  for argument in arguments:
+    if os.path.isdir(argument):
+      found = sorted(os.path.join(root, name) for root, _, names in os.walk(argument)
+                     for name in names if name.lower().endswith(MEDIA_EXTENSIONS))
+    elif glob.has_magic(argument):
+      found = sorted(p for p in glob.glob(argument, recursive=True) if os.path.isfile(p))
+    else:
+      found = [argument]
+    paths += found or [argument]
+  return paths
+
+
+CSV_COLUMNS = ("path", "score", "level", "level_score", "frame_scores", "description", "error")
+
+
+class ResultWriter:
+  """Result lines to stdout (JSON), and to a .jsonl or .csv file when `output` is given."""
+
+  def __init__(self, output: str | None):
+    self.output = output
+    self._file = self._csv = None
+    if output:
+      if not output.endswith((".csv", ".jsonl")):
+        raise ValueError(f"--output must end in .csv or .jsonl, got {output}")
+      os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+      self._file = open(output, "w", newline="")
+      if output.endswith(".csv"):
+        self._csv = csv.DictWriter(self._file, CSV_COLUMNS)
+        self._csv.writeheader()
+
+  def write(self, line: dict[str, Any]) -> None:
+    if self._file is None:
+      print(json.dumps(line), flush=True)
+    elif self._csv is not None:
+      row = dict(line)
+      if "frame_scores" in row:
+        row["frame_scores"] = json.dumps(row["frame_scores"])
+      self._csv.writerow(row)
+      self._file.flush()  # an interrupted run keeps every finished line
+    else:
+      self._file.write(json.dumps(line) + "\n")
+      self._file.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+
+
+def define_flags():
+  """The command line's flags (defined on use: importing this module adds none)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
+  flags.DEFINE_integer("step", None, "Checkpoint step; the latest if not given.")
+  flags.DEFINE_boolean("describe", True, "Generate a description (--nodescribe skips the "
+                       "decoder for speed).")
+  flags.DEFINE_string("output", None, "Write the results to this .csv or .jsonl file "
+                      "(with a progress bar) instead of JSON lines on stdout.")
+  flags.DEFINE_boolean("compare", False, "Compare two videos: which has better quality.")
+
+
+USAGE = ("usage: cpllm-score --workdir=DIR [--step=N] [--nodescribe] [--output=F.csv] "
+         "VIDEO|FOLDER|'GLOB'...\n       cpllm-score --workdir=DIR --compare A B")
 
 
 def main(argv):
-  paths = argv[1:]
-  if not flags.FLAGS.workdir or not paths:
-    raise app.UsageError("usage: python -m cpllm.score --workdir=DIR [--step=N] VIDEO...")
+  arguments = argv[1:]
+  if not flags.FLAGS.workdir or not arguments:
+    raise app.UsageError(USAGE)
+  if flags.FLAGS.compare and len(arguments) != 2:
+    raise app.UsageError(f"--compare takes exactly two videos, got {len(arguments)}\n{USAGE}")
+  logging.set_verbosity(logging.WARNING)  # stdout carries only the results
   scorer = Scorer(flags.FLAGS.workdir, flags.FLAGS.step)
+  if flags.FLAGS.compare:
+    result = scorer.compare(*arguments)
+    print(json.dumps(result), flush=True)
+    sys.exit(1 if "error" in result else 0)
+
+  paths = expand_inputs(arguments)
+  writer = ResultWriter(flags.FLAGS.output)
   failed = 0
-  for path in paths:
-    line = scorer.score_file(path, describe=flags.FLAGS.describe)
-    failed += "error" in line
-    print(json.dumps(line), flush=True)
+  with tqdm.tqdm(paths, unit="video", disable=not flags.FLAGS.output or None,
+                 file=sys.stderr) as progress:
+    for path in progress:
+      line = scorer.score_file(path, describe=flags.FLAGS.describe)
+      if "error" in line:
+        failed += 1
+        progress.write(f"error: {line['error']}", file=sys.stderr)
+      writer.write(line)
+  writer.close()
+  if flags.FLAGS.output:
+    print(f"{len(paths) - failed} of {len(paths)} scored, {failed} failed; results in "
+          f"{flags.FLAGS.output}", file=sys.stderr)
   sys.exit(1 if failed else 0)
 
 
-if __name__ == "__main__":
+def run():
+  """Entry point of the `cpllm-score` console script."""
+  define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -109,7 +109,7 @@ _OPEN_QUESTIONS = (
     "How is the quality of this video? Explain your reasoning.",
     "Evaluate the visual quality of this video aspect by aspect.",
 )
-_COMPARE_QUESTIONS = (
+COMPARE_QUESTIONS = (
     "Which video has better quality, the first or the second? Explain why.",
     "Compare the quality of the two videos. Which one is better, and why?",
 )
@@ -226,7 +226,7 @@ def compare(dims_a: Mapping[str, float], overall_a: float, dims_b: Mapping[str, 
                      f"{sorted(dims_a)} and {sorted(dims_b)}")
   levels_a, levels_b = _dim_levels(dims_a), _dim_levels(dims_b)
   la, lb = score_to_level(overall_a), score_to_level(overall_b)
-  question = _COMPARE_QUESTIONS[rng.integers(len(_COMPARE_QUESTIONS))]
+  question = COMPARE_QUESTIONS[rng.integers(len(COMPARE_QUESTIONS))]
   if overall_a == overall_b:
     return question, f"Both videos have the same quality: both are {la} overall."
   first_better = overall_a > overall_b

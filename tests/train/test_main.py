@@ -3,6 +3,7 @@ files from the workdir; a run killed with SIGKILL and resumed ends with exactly 
 parameters of an uninterrupted run."""
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -18,8 +19,10 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from cpllm import configs
+from cpllm import demo
 from cpllm import score
 from cpllm.data import instructions
+from cpllm.data import pipeline
 from cpllm.data import video
 from cpllm.train import trainer
 from data_builders.demo_videos import demo_videos
@@ -187,3 +190,66 @@ def test_scorer_scores_files_with_the_checkpoint_the_trainer_wrote(data_dir, tra
   assert set(failed) == {"path", "error"} and str(bad) in failed["error"]
   with pytest.raises(FileNotFoundError, match="no checkpoint of step 5"):
     score.Scorer(workdir, step=5)
+
+
+def test_demo_held_out_video_is_the_median_record_written_losslessly(data_dir, tmp_path):
+  path, record_id, mos = demo.held_out_video(data_dir, str(tmp_path))
+  records, meta = pipeline.open_split("demo_videos", "test", data_dir)
+  index = list(meta.ids).index(record_id)
+  assert mos == pytest.approx(float(np.sort(meta.mos)[len(meta) // 2]))
+  stored = np.stack(records[index]["frames"])
+  frames, info = video.read_key_frames(path, len(stored))
+  assert info.num_frames == len(stored)
+  np.testing.assert_array_equal(frames, stored)
+
+
+def test_score_command_line_folders_globs_csv_compare_and_exit_code(data_dir, trained, tmp_path,
+                                                                   capsys):
+  workdir, _, _ = trained
+  source = tfds.data_source("demo_videos/tiny", split="test", data_dir=data_dir)
+  folder = tmp_path / "videos"
+  (folder / "sub").mkdir(parents=True)
+  good = np.stack(source[0]["frames"])
+  worse = np.stack(source[len(source) - 1]["frames"])
+  video.write_video(good, str(folder / "a.mkv"), fps=3.0, lossless=True)
+  video.write_video(worse, str(folder / "sub" / "b.mkv"), fps=3.0, lossless=True)
+  (folder / "sub" / "notes.txt").write_text("not a video, and not picked up by the folder")
+  (folder / "broken.mp4").write_bytes(b"\x00" * 64)
+
+  assert score.expand_inputs([str(folder)]) == [
+      str(folder / "a.mkv"), str(folder / "broken.mp4"), str(folder / "sub" / "b.mkv")]
+  assert score.expand_inputs([str(folder / "**" / "*.mkv")]) == [
+      str(folder / "a.mkv"), str(folder / "sub" / "b.mkv")]
+  empty = str(tmp_path / "none*.mp4")
+  assert score.expand_inputs([empty]) == [empty]  # reported, not dropped
+
+  if "output" not in flags.FLAGS:
+    score.define_flags()
+  scorer = score.Scorer(workdir)
+  output = tmp_path / "out" / "scores.csv"
+  argv = ["cpllm-score", f"--workdir={workdir}", "--nodescribe", f"--output={output}",
+          str(folder)]
+  with pytest.raises(SystemExit) as exit_info:
+    score.main(flags.FLAGS(argv))  # absl hands main the arguments left after the flags
+  assert exit_info.value.code == 1  # broken.mp4 failed, the others were scored
+  rows = list(csv.DictReader(open(output)))
+  assert [r["path"] for r in rows] == score.expand_inputs([str(folder)])
+  broken = rows[1]
+  assert broken["score"] == "" and "broken.mp4" in broken["error"]
+  expected = scorer.score_file(str(folder / "a.mkv"), describe=False)
+  assert float(rows[0]["score"]) == pytest.approx(expected["score"], abs=1e-6)
+  assert json.loads(rows[0]["frame_scores"]) == pytest.approx(expected["frame_scores"])
+  assert "2 of 3 scored, 1 failed" in capsys.readouterr().err
+
+  # Pairwise inference: both videos in one example; their scores are the single scores.
+  result = scorer.compare(str(folder / "a.mkv"), str(folder / "sub" / "b.mkv"))
+  single_b = scorer.score_file(str(folder / "sub" / "b.mkv"), describe=False)["score"]
+  assert result["score_first"] == pytest.approx(expected["score"], abs=1e-5)
+  assert result["score_second"] == pytest.approx(single_b, abs=1e-5)
+  assert result["better"] == ("first" if result["score_first"] > result["score_second"]
+                              else "second" if result["score_second"] > result["score_first"]
+                              else "equal")
+  assert isinstance(result["justification"], str)
+  assert "error" in scorer.compare(str(folder / "a.mkv"), str(folder / "broken.mp4"))
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS.mark_as_parsed()

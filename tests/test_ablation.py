@@ -1,0 +1,42 @@
+"""The ablation configs change exactly one switch of the demo, and the table reads them."""
+
+import pytest
+
+from cpllm import ablation
+from cpllm import configs
+from cpllm.data import pipeline
+from cpllm.train import trainer
+
+
+def test_each_ablation_changes_one_switch_of_the_demo():
+  demo = configs.load("configs/demo.py").to_dict()
+  rows = configs.load_module("configs/demo_ablation.py").ABLATIONS
+  assert set(rows) == {"single", "pairwise", "mix", "frozen", "head"}
+  changed = {}
+  for name in rows:
+    config = configs.load(f"configs/demo_ablation.py:{name}").to_dict()
+    changed[name] = {k for k in demo if config[k] != demo[k]}
+  assert changed == {"single": {"data"}, "pairwise": {"data"}, "mix": set(),
+                     "frozen": {"context_encoder"}, "head": {"context_encoder"}}
+  single = configs.load("configs/demo_ablation.py:single")
+  assert pipeline.Mix(**single.data.mix).probabilities().tolist() == [1.0, 0.0, 0.0]
+  pairwise = configs.load("configs/demo_ablation.py:pairwise")
+  assert pipeline.Mix(**pairwise.data.mix).probabilities().tolist() == [0.0, 0.5, 0.5]
+  # 'frozen' trains neither the context tower nor its projection, 'head' the projection only.
+  rules = lambda name: dict(trainer.param_rules(configs.load(f"configs/demo_ablation.py:"
+                                                             f"{name}")))
+  assert rules("frozen")["img/.*"] == rules("frozen")["proj_ctx/.*"] == 0.0
+  assert rules("head")["img/.*"] == 0.0 and rules("head")["proj_ctx/.*"] == 1.0
+  with pytest.raises(ValueError, match="needs one of"):
+    configs.load("configs/demo_ablation.py:bogus")
+
+
+def test_table_rows_read_nested_flip_rates_and_mark_missing_values():
+  metrics = dict(step=600, srcc=0.5, plcc=0.25, krcc=0.125, rmse=1.0,
+                 flip_rate={"2": 0.5, "4": 0.375, "10": None, "20": 0.0})
+  values = ablation.row_values(metrics)
+  assert values["flip_rate 4"] == 0.375 and values["flip_rate 20"] == 0.0
+  assert values["flip_rate 10"] is None and values["text_level_accuracy"] is None
+  table = ablation.markdown({"mix": metrics})
+  assert table.splitlines()[2] == ("| mix | 600 | 0.500 | 0.250 | 0.125 | 1.000 | 0.500 | "
+                                   "0.375 | n/a | 0.000 | n/a |")
