@@ -15,11 +15,13 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import flags
 
 from cpllm import configs
 from cpllm import demo
+from cpllm import export
 from cpllm import score
 from cpllm.data import instructions
 from cpllm.data import pipeline
@@ -253,3 +255,58 @@ def test_score_command_line_folders_globs_csv_compare_and_exit_code(data_dir, tr
   assert "error" in scorer.compare(str(folder / "a.mkv"), str(folder / "broken.mp4"))
   flags.FLAGS.unparse_flags()
   flags.FLAGS.mark_as_parsed()
+
+
+def test_saved_model_matches_jax_and_serves_through_saved_model_cli(data_dir, trained,
+                                                                   tmp_path):
+  workdir, _, _ = trained
+  output = str(tmp_path / "saved_model" / "1")
+  spec = export.export(workdir, output, describe_tokens=8)
+  assert (spec.num_frames, spec.height, spec.width) == (2, 48, 64)  # the smoke data's frames
+  scorer = score.Scorer(workdir, describe_tokens=8)
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (3, 2, 48, 64, 3), dtype=np.uint8)
+
+  loaded = tf.saved_model.load(output)
+  served = {k: v.numpy() for k, v in loaded.signatures["score"](frames=frames).items()}
+  # The graph's preprocessing is the JAX one compiled again: a resized value can land on
+  # the other side of a .5 rounding edge (it rounds to uint8, as in training), so its
+  # inputs differ from JAX's by at most one code value, rarely ...
+  ctx, patches = loaded.preprocess(frames)
+  reference = video.preprocess(frames, scorer.config.model)
+  for got, want in zip((ctx, patches), reference):
+    difference = np.abs(got.numpy().astype(int) - np.asarray(want, int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+  # ... and on the same inputs the served model equals the JAX model with its LoRA
+  # adapters still separate (not merged).
+  same_inputs = {k: v.numpy() for k, v in loaded.score_inputs(ctx, patches).items()}
+  np.testing.assert_array_equal(same_inputs["score"], served["score"])
+  for i in range(3):
+    batch = scorer._batch([frames[i]], instructions.LEVEL_PROMPT)
+    batch.update(ctx=batch["ctx"].at[0, 0].set(ctx[i].numpy()),
+                 patches=batch["patches"].at[0, 0].set(patches[i].numpy()))
+    out = scorer._forward(scorer.params, batch)
+    np.testing.assert_allclose(same_inputs["frame_scores"][i], out["frame_scores"][0, 0],
+                               atol=1e-4)
+    assert same_inputs["score"][i] == pytest.approx(float(out["score"][0, 0]), abs=1e-4)
+    assert same_inputs["level_score"][i] == pytest.approx(float(out["level_score"][0]),
+                                                          abs=1e-4)
+  natural = np.stack(tfds.data_source("demo_videos/tiny", split="test",
+                                      data_dir=data_dir)[0]["frames"])[None, :2]
+  described = loaded.signatures["describe"](frames=natural)
+  assert described["text"].numpy()[0].decode() == scorer.score_frames(natural[0])[
+      "description"]
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"frames must be uint8\[batch, 2, "
+                                                           r"48, 64, 3\]"):
+    loaded.signatures["score"](frames=frames[:, :, :40])
+
+  cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  shown = subprocess.run([cli, "show", "--all", "--dir", output], capture_output=True,
+                         text=True, check=True).stdout
+  assert "signature_def['score']" in shown and "signature_def['describe']" in shown
+  np.save(tmp_path / "frames.npy", frames)
+  subprocess.run([cli, "run", "--dir", output, "--tag_set", "serve", "--signature_def",
+                  "score", "--inputs", f"frames={tmp_path / 'frames.npy'}", "--outdir",
+                  str(tmp_path / "cli")], capture_output=True, text=True, check=True)
+  np.testing.assert_allclose(np.load(tmp_path / "cli" / "score.npy"), served["score"],
+                             atol=1e-6)
