@@ -3,7 +3,8 @@
 Stages, each timed: build the embedded `demo_videos` dataset with `tfds build` (skipped
 when already built), train `configs/demo.py` into runs/demo (resumes if interrupted),
 evaluate on the held-out sources, score one held-out video file with the trained model
-(cpllm.score, the path a user's video takes), and print the evaluation table.
+(cpllm.score, the path a user's video takes), export the model as a TF SavedModel and
+score the same video through it, and print the evaluation table.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import time
 # progress lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
+import tensorflow as tf
 from absl import app
 from absl import flags
 from absl import logging
 
-import numpy as np
-
 from cpllm import configs
+from cpllm import export
 from cpllm import score
 from cpllm.data import pipeline
 from cpllm.data import video
@@ -67,7 +69,9 @@ def table(metrics: dict) -> str:
   rows = [f"| {k} | {metrics[k]:.4f} |" if isinstance(metrics.get(k), float)
           else f"| {k} | {metrics.get(k)} |" for k in TABLE_KEYS]
   flips = metrics.get("flip_rate", {})
-  rows += [f"| flip_rate d={d} | {flips[d]:.4f} |" for d in flips if flips[d] is not None]
+  differences = sorted((d for d in flips if d.isdigit()), key=int) + ["overall"]
+  rows += [f"| flip_rate d={d} | {flips[d]:.4f} |" for d in differences
+           if flips.get(d) is not None]
   return "\n".join(["| metric | value |", "| --- | --- |"] + rows)
 
 
@@ -87,12 +91,23 @@ def main(argv):
 
   start = time.perf_counter()
   path, record_id, mos = held_out_video(flags.FLAGS.data_dir, flags.FLAGS.workdir)
-  scored = score.Scorer(flags.FLAGS.workdir).score_file(path)
+  scorer = score.Scorer(flags.FLAGS.workdir)
+  scored = scorer.score_file(path)
   timings["score one video"] = time.perf_counter() - start
   print(f"\nA held-out video scored from its file ({record_id}, pseudo-MOS {mos:.2f}):\n"
         f"  $ python -m cpllm.score --workdir={flags.FLAGS.workdir} {path}\n"
         f"  score {scored['score']:.2f} ({scored['level']}), level-token score "
         f"{scored['level_score']:.2f}\n  description: {scored['description']}")
+
+  start = time.perf_counter()
+  saved_model = os.path.join(flags.FLAGS.workdir, "saved_model", "1")
+  export.export(flags.FLAGS.workdir, saved_model)
+  served = tf.saved_model.load(saved_model).signatures["score"](
+      frames=scorer.read(path)[None])
+  timings["export + serve"] = time.perf_counter() - start
+  print(f"\nExported to {saved_model} (python -m cpllm.export --workdir="
+        f"{flags.FLAGS.workdir} --output={saved_model}); the same video through its 'score' "
+        f"signature: {score.reported_score(served['score'].numpy()[0]):.2f}")
 
   print(f"\nHeld-out evaluation (step {metrics.get('step')}, "
         f"{flags.FLAGS.workdir}/eval/{metrics.get('step')}/):")
