@@ -1,6 +1,6 @@
 """Scoring video files with a trained CP-LLM (also installed as the `cpllm-score` command).
 
-  python -m cpllm.score --workdir=runs/demo [--step=N] [--nodescribe] VIDEO|FOLDER|'GLOB'...
+  python -m cpllm.score --workdir=runs/demo [--step=N] [--no-describe] VIDEO|FOLDER|'GLOB'...
   python -m cpllm.score --workdir=runs/demo --output=scores.csv my_videos/   # or .jsonl
   python -m cpllm.score --workdir=runs/demo --compare a.mp4 b.mp4
 
@@ -239,14 +239,14 @@ def define_flags():
   """The command line's flags (defined on use: importing this module adds none)."""
   flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
   flags.DEFINE_integer("step", None, "Checkpoint step; the latest if not given.")
-  flags.DEFINE_boolean("describe", True, "Generate a description (--nodescribe skips the "
-                       "decoder for speed).")
+  flags.DEFINE_boolean("describe", True, "Generate a description (--no-describe or "
+                       "--nodescribe skips the decoder for speed).")
   flags.DEFINE_string("output", None, "Write the results to this .csv or .jsonl file "
                       "(with a progress bar) instead of JSON lines on stdout.")
   flags.DEFINE_boolean("compare", False, "Compare two videos: which has better quality.")
 
 
-USAGE = ("usage: cpllm-score --workdir=DIR [--step=N] [--nodescribe] [--output=F.csv] "
+USAGE = ("usage: cpllm-score --workdir=DIR [--step=N] [--no-describe] [--output=F.csv] "
          "VIDEO|FOLDER|'GLOB'...\n       cpllm-score --workdir=DIR --compare A B")
 
 
@@ -284,7 +284,8 @@ def main(argv):
 def run():
   """Entry point of the `cpllm-score` console script."""
   define_flags()
-  app.run(main)
+  # absl spells a false boolean --nodescribe; the more common --no-describe works too.
+  app.run(main, argv=["--nodescribe" if a == "--no-describe" else a for a in sys.argv])
 
 
 if __name__ == "__main__":

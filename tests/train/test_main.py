@@ -310,3 +310,34 @@ def test_saved_model_matches_jax_and_serves_through_saved_model_cli(data_dir, tr
                   str(tmp_path / "cli")], capture_output=True, text=True, check=True)
   np.testing.assert_allclose(np.load(tmp_path / "cli" / "score.npy"), served["score"],
                              atol=1e-6)
+
+
+USER_FILES = {  # name: ffmpeg output options for a lavfi test pattern
+    "landscape.mp4": ["-s", "320x240", "-c:v", "libx264", "-pix_fmt", "yuv420p"],
+    "portrait.mov": ["-s", "240x320", "-c:v", "libx264", "-pix_fmt", "yuv420p"],
+    "clip.avi": ["-s", "176x144", "-c:v", "mpeg4"],
+    "clip.webm": ["-s", "160x120", "-c:v", "libvpx-vp9"],
+    "ten_bit.mp4": ["-s", "320x180", "-c:v", "libx264", "-pix_fmt", "yuv420p10le"],
+    "uhd.mp4": ["-s", "3840x2160", "-c:v", "libx264", "-preset", "ultrafast",
+                "-pix_fmt", "yuv420p"],
+    "tiny.mkv": ["-s", "32x24", "-c:v", "ffv1"],
+    "one_frame.mkv": ["-s", "128x96", "-c:v", "ffv1", "-frames:v", "1"],
+    "still.png": ["-s", "200x150", "-frames:v", "1"],
+}
+
+
+def test_scorer_takes_the_files_users_have(trained, tmp_path):
+  workdir, _, _ = trained
+  scorer = score.Scorer(workdir)
+  for name, options in USER_FILES.items():
+    video.run_ffmpeg(["-f", "lavfi", "-i", "testsrc=rate=8:duration=1", *options,
+                      str(tmp_path / name)])
+  video.run_ffmpeg(["-f", "lavfi", "-i", "testsrc=size=160x120:rate=8:duration=1", "-f",
+                    "lavfi", "-i", "sine=frequency=440:duration=1", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                    str(tmp_path / "with_audio.mp4")])
+  for path in score.expand_inputs([str(tmp_path)]):
+    line = scorer.score_file(path, describe=False)
+    assert "error" not in line, line
+    assert 1.0 <= line["score"] <= 5.0 and np.isfinite(line["frame_scores"]).all(), path
+    assert len(line["frame_scores"]) == 2  # config.num_frames key frames, stills repeated
