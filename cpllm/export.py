@@ -36,7 +36,6 @@ from cpllm.data import instructions
 from cpllm.data import pipeline
 from cpllm.data import tokenizer as tokenizer_lib
 from cpllm.data import video
-from cpllm.models import cpllm
 from cpllm.models import gemma
 from cpllm.train import sampler
 

@@ -249,8 +249,9 @@ def make_directory(d):
   return d / "folder.mp4", "Is a directory"
 
 
-@pytest.mark.parametrize("make", [make_audio_only, make_audio_with_cover_art, make_text, make_empty, make_truncated,
-                                  make_no_frames, make_missing, make_directory])
+@pytest.mark.parametrize("make", [make_audio_only, make_audio_with_cover_art, make_text,
+                                  make_empty, make_truncated, make_no_frames, make_missing,
+                                  make_directory])
 def test_bad_input_raises_video_error_with_name_and_reason(tmp_path, make):
   path, reason = make(tmp_path)
   for read in (video.probe, lambda p: video.read_key_frames(p, 4), video.read_frames):
