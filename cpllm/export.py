@@ -23,7 +23,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from absl import app
@@ -88,32 +87,19 @@ def jax_functions(scorer: score_lib.Scorer, spec: ExportSpec):
   model, _ = merged_model(scorer)
   config, tokenizer = scorer.config, scorer.tokenizer
 
-  def prompt_arrays(prompt: str):
-    encoded = [tokenizer.bos_id] + tokenizer.encode(prompt)
-    arrays = tokenizer_lib.encode_prompts(tokenizer, [prompt], len(encoded))
-    return {k: arrays[k] for k in ("text", "input_mask", "mask_ar")}
-
-  level_prompt = prompt_arrays(instructions.LEVEL_PROMPT)
-  describe_prompt = prompt_arrays(pipeline.DESCRIBE_PROMPT)
-
-  def single_batch(ctx, patches, prompt):
-    b = ctx.shape[0]
-    tile = lambda x: jnp.broadcast_to(jnp.asarray(x), (b,) + x.shape[1:])
-    return dict(ctx=jnp.stack([ctx, jnp.zeros_like(ctx)], axis=1),
-                patches=jnp.stack([patches, jnp.zeros_like(patches)], axis=1),
-                video_mask=tile(np.array([[True, False]])),
-                **{k: tile(v) for k, v in prompt.items()})
+  level_prompt = score_lib.prompt_arrays(tokenizer, instructions.LEVEL_PROMPT)
+  describe_prompt = score_lib.prompt_arrays(tokenizer, pipeline.DESCRIBE_PROMPT)
 
   def preprocess(frames):
     return video.preprocess(frames, config.model)
 
   def score(params, ctx, patches):
-    out = model.apply({"params": params}, single_batch(ctx, patches, level_prompt))
+    out = model.apply({"params": params}, score_lib.model_batch(ctx, patches, level_prompt))
     return dict(score=out["score"][:, 0], frame_scores=out["frame_scores"][:, 0],
                 level_score=out["level_score"])
 
   def describe(params, ctx, patches):
-    batch = single_batch(ctx, patches, describe_prompt)
+    batch = score_lib.model_batch(ctx, patches, describe_prompt)
     out = model.apply({"params": params}, batch, decode=False)
     prefix = model.apply({"params": params}, out["ctx_tokens"], out["pix_tokens"],
                          batch["video_mask"], batch["text"], batch["input_mask"],

@@ -105,23 +105,18 @@ class Scorer:
     self._generate = sampler.make_generate(
         self.model, max_new_tokens=describe_tokens or config.get("describe_tokens", 64),
         eos_id=self.tokenizer.eos_id)
+    self._prompts = {p: prompt_arrays(self.tokenizer, p) for p in (
+        instructions.LEVEL_PROMPT, pipeline.DESCRIBE_PROMPT, COMPARE_PROMPT)}
 
   def _batch(self, frames: Sequence[np.ndarray], prompt: str) -> dict[str, Any]:
     """A batch of one example: one or two videos' key frames (uint8[M, H, W, 3] each) in
-    slots A and B (B masked when alone) and `prompt` as the text."""
-    inputs = [video.preprocess(f, self.config.model) for f in frames]
-    if len(inputs) == 1:
-      inputs.append(tuple(jnp.zeros_like(x) for x in inputs[0]))
-    prompts = tokenizer_lib.encode_prompts(self.tokenizer, [prompt], self.config.text_len)
-    return dict(ctx=jnp.stack([inputs[0][0], inputs[1][0]])[None],
-                patches=jnp.stack([inputs[0][1], inputs[1][1]])[None],
-                video_mask=np.array([[True, len(frames) == 2]]),
-                text=prompts["text"], input_mask=prompts["input_mask"],
-                mask_ar=prompts["mask_ar"])
+    slots A and B and `prompt` as the text."""
+    (ctx, patches), *second = [video.preprocess(f[None], self.config.model) for f in frames]
+    return model_batch(ctx, patches, self._prompts[prompt], *(second[0] if second else ()))
 
   def _generate_text(self, out, video_mask, prompt: str) -> str:
     """Greedy text after `prompt`, conditioned on the visual tokens of `out`."""
-    prompts = tokenizer_lib.encode_prompts(self.tokenizer, [prompt], self.config.text_len)
+    prompts = self._prompts[prompt]
     prefix = self.model.apply(
         {"params": self.params}, out["ctx_tokens"], out["pix_tokens"], video_mask,
         prompts["text"], prompts["input_mask"], prompts["mask_ar"],
@@ -175,6 +170,32 @@ class Scorer:
     return dict(first=path_a, second=path_b, score_first=first, score_second=second,
                 better=better, justification=self._generate_text(
                     out, np.array([[True, True]]), COMPARE_PROMPT))
+
+
+def prompt_arrays(tokenizer: tokenizer_lib.Tokenizer, prompt: str) -> dict[str, np.ndarray]:
+  """text, input_mask, mask_ar int32/bool[1, L] of `prompt` alone, L its length with bos
+  (no padding to config.text_len: inference has no target to leave room for)."""
+  length = 1 + len(tokenizer.encode(prompt))
+  arrays = tokenizer_lib.encode_prompts(tokenizer, [prompt], length)
+  return {k: arrays[k] for k in ("text", "input_mask", "mask_ar")}
+
+
+def model_batch(ctx, patches, prompt: dict[str, np.ndarray], ctx_b=None, patches_b=None):
+  """The model's batch for B examples of one video (slot B masked) or of two videos.
+
+  Args:
+    ctx, patches: uint8[B, M, R, R, 3], uint8[B, M, K, P, P, 3] (video.preprocess).
+    prompt: prompt_arrays(...), [1, L], the same text for every example.
+    ctx_b, patches_b: the second videos, or None.
+  """
+  b = ctx.shape[0]
+  tile = lambda x: jnp.broadcast_to(jnp.asarray(x), (b,) + x.shape[1:])
+  pair = ctx_b is not None
+  return dict(ctx=jnp.stack([ctx, ctx_b if pair else jnp.zeros_like(ctx)], axis=1),
+              patches=jnp.stack([patches, patches_b if pair else jnp.zeros_like(patches)],
+                                axis=1),
+              video_mask=tile(np.array([[True, pair]])),
+              **{k: tile(v) for k, v in prompt.items()})
 
 
 def reported_score(raw) -> float:
