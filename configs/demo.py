@@ -7,7 +7,10 @@ No pretrained weights can be downloaded here, so the context encoder is trained 
 (`train_decoder_base`: a random frozen decoder cannot learn language through rank-4
 adapters); configs/paper.py keeps SigLIP and Gemma frozen as the paper does. All three
 losses are on and the pipeline mixes single videos, same-source CRF pairs and cross-video
-pairs (the paper's Mix). `configs/demo.py:smoke` is a few-step version for tests.
+pairs (the paper's Mix). Of the single videos, `reason_rate` get the GRPO prompt with a
+SIG chain-of-thought target, so the checkpoint already answers in the <think>/<answer>
+format that configs/demo_grpo.py starts from. `configs/demo.py:smoke` is a few-step
+version for tests.
 """
 
 import ml_collections
@@ -36,10 +39,10 @@ def get_config(arg: str | None = None):
       level_token_ids=None,  # read from the tokenizer at start
   )
   config.num_frames = 4
-  config.text_len = 192
+  config.text_len = 208  # the GRPO prompt (54 tokens with bos) + the longest reasoning (145)
   config.data = dict(name="demo_videos", data_dir=DATA_DIR, train_split="train",
                      eval_split="test", mix=dict(single=1.0, same_source=1.0, cross=1.0),
-                     level_rate=0.3, num_workers=0 if smoke else 2)
+                     level_rate=0.3, reason_rate=0.4, num_workers=0 if smoke else 2)
   config.tokenizer = None  # the demo_videos build ships its own tokenizer.model
   config.context_encoder = "all"
   config.train_decoder_base = True

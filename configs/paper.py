@@ -39,7 +39,7 @@ def get_config(arg: str | None = None):
   # LSVQ with its compression variants (build: data_builders/crf_variants over LSVQ).
   config.data = dict(name="crf_variants", data_dir=None, train_split="train",
                      eval_split="test", mix=dict(single=1.0, same_source=1.0, cross=1.0),
-                     level_rate=0.3, num_workers=8)
+                     level_rate=0.3, reason_rate=0.0, num_workers=8)  # > 0 before GRPO
   config.tokenizer = None  # Path to Gemma's tokenizer.model (sentencepiece); required.
   config.context_encoder = "frozen"  # frozen | head | all
   config.train_decoder_base = False  # LoRA only

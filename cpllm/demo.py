@@ -4,7 +4,9 @@ Stages, each timed: build the embedded `demo_videos` dataset with `tfds build` (
 when already built), train `configs/demo.py` into runs/demo (resumes if interrupted),
 evaluate on the held-out sources, score one held-out video file with the trained model
 (cpllm.score, the path a user's video takes), export the model as a TF SavedModel and
-score the same video through it, and print the evaluation table.
+score the same video through it, fine-tune the decoder's reasoning with GRPO
+(`configs/demo_grpo.py` into runs/demo_grpo, evaluated before and after), and print the
+tables.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ from cpllm import export
 from cpllm import score
 from cpllm.data import pipeline
 from cpllm.data import video
+from cpllm.evals import evaluator
+from cpllm.train import grpo
 from cpllm.train import trainer
 
 TABLE_KEYS = ("srcc", "krcc", "plcc", "plcc_raw", "rmse", "level_srcc", "dmos_srcc",
               "text_parse_rate", "text_level_accuracy", "n_videos")
+GRPO_KEYS = ("answer_parse_rate", "answer_srcc", "answer_plcc", "answer_n")
 
 
 def build_data(data_dir: str) -> None:
@@ -75,6 +80,21 @@ def table(metrics: dict) -> str:
   return "\n".join(["| metric | value |", "| --- | --- |"] + rows)
 
 
+def _cell(value) -> str:
+  return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def grpo_table(before: dict, after: dict) -> str:
+  """Answer metrics (scores read from <answer>) before and after GRPO, as Markdown."""
+  rows = [f"| {k} | {_cell(before.get(k))} | {_cell(after.get(k))} |" for k in GRPO_KEYS]
+  flips_before, flips_after = before["answer_flip_rate"], after["answer_flip_rate"]
+  differences = sorted((d for d in flips_before if d.isdigit()), key=int) + ["overall"]
+  rows += [f"| answer_flip_rate d={d} | {_cell(flips_before[d])} | {_cell(flips_after[d])} |"
+           for d in differences]
+  return "\n".join([f"| metric | before (step {before['step']}) | after (step "
+                    f"{after['step']}) |", "| --- | --- | --- |"] + rows)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # the trainer prints its own progress lines
@@ -109,15 +129,27 @@ def main(argv):
         f"{flags.FLAGS.workdir} --output={saved_model}); the same video through its 'score' "
         f"signature: {score.reported_score(served['score'].numpy()[0]):.2f}")
 
+  grpo_config = configs.load("configs/demo_grpo.py")
+  grpo_config.data.data_dir = flags.FLAGS.data_dir
+  grpo_config.grpo.init_workdir = flags.FLAGS.workdir
+  start = time.perf_counter()
+  after = grpo.main(grpo_config, flags.FLAGS.grpo_workdir)
+  before = evaluator.load_metrics(flags.FLAGS.grpo_workdir, 0)
+  timings["GRPO + 2 evaluations"] = time.perf_counter() - start
+
   print(f"\nHeld-out evaluation (step {metrics.get('step')}, "
         f"{flags.FLAGS.workdir}/eval/{metrics.get('step')}/):")
   print(table(metrics))
+  print(f"\nGRPO ({flags.FLAGS.grpo_workdir}): scores read from the <answer> of greedy "
+        f"responses to the reasoning prompt, held-out videos:")
+  print(grpo_table(before, after))
   print("\nTime per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
 
 
 def define_flags():
   """The command line's flags (defined on use: importing this module adds none)."""
   flags.DEFINE_string("workdir", "runs/demo", "Training workdir.")
+  flags.DEFINE_string("grpo_workdir", "runs/demo_grpo", "GRPO workdir.")
   flags.DEFINE_string("data_dir", "runs/data", "Where demo_videos is built.")
 
 

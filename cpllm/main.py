@@ -2,7 +2,9 @@
 
   python -m cpllm.main --config=configs/demo.py --workdir=runs/demo [--config.lr=3e-4]
 
-Re-running the same command resumes from the latest checkpoint in the workdir.
+Re-running the same command resumes from the latest checkpoint in the workdir. A config
+with a `grpo` section runs GRPO (cpllm.train.grpo) from the supervised run it names;
+otherwise supervised training (cpllm.train.trainer).
 """
 
 from absl import app
@@ -10,6 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from cpllm.train import grpo
 from cpllm.train import trainer
 
 config_flags.DEFINE_config_file("config", None, "Config file: configs/<name>.py[:arg].",
@@ -22,7 +25,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  trainer.main(flags.FLAGS.config, flags.FLAGS.workdir)
+  config = flags.FLAGS.config
+  run = grpo.main if config.get("grpo") else trainer.main
+  run(config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":

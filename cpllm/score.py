@@ -61,10 +61,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_params(workdir: str, config, model: cpllm.CPLLM, step: int | None = None):
-  """The model parameters of a checkpoint (latest if `step` is None), on one device.
+def restore_params(workdir: str, config, model: cpllm.CPLLM, step: int | None = None,
+                   shardings=None):
+  """The model parameters of a checkpoint (latest if `step` is None).
 
   Only the parameters are read (orbax partial restore): the optimiser state is skipped.
+  `config` is the run's own (it says how the checkpoint splits trainable and frozen);
+  `shardings` (a tree like the params) places them, default the first local device.
   Returns (params, step).
   """
   manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
@@ -77,11 +80,15 @@ def restore_params(workdir: str, config, model: cpllm.CPLLM, step: int | None = 
                             f"(there are {sorted(steps)})")
   spec = pipeline.example_spec(config.model, config.num_frames, config.text_len, 1)
   abstract = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), spec))["params"]
-  trainable, frozen = trainer.partition(
-      abstract, trainer.lr_multipliers(abstract, trainer.param_rules(config)))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+  mults = trainer.lr_multipliers(abstract, trainer.param_rules(config))
+  trainable, frozen = trainer.partition(abstract, mults)
+  trainable_sh, frozen_sh = trainer.partition(shardings, mults)
   target = dict(trainable=trainable, frozen=frozen)
-  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=device), target)
+  restore_args = jax.tree.map(lambda sh: ocp.ArrayRestoreArgs(sharding=sh),
+                              dict(trainable=trainable_sh, frozen=frozen_sh))
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item=target, restore_args=restore_args, partial_restore=True)))["state"]
   manager.close()

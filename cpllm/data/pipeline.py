@@ -16,10 +16,15 @@ A pair kind that is impossible for an anchor (a source without other variants, a
 one-source dataset) falls back to the next kind in the order same_source -> cross ->
 single; the count of each kind actually produced is reported by `plan_counts`.
 
-Text tasks: a single video gets either the level prompt (target " <level>.", with
-probability `level_rate`, or when it has no description) or the description prompt with its
-description; a pair of videos with dimension scores gets the SIG comparison, otherwise the
-first video's single-video text.
+Text tasks: a single video with dimension scores gets, with probability `reason_rate`, the
+GRPO prompt with its SIG chain-of-thought target ('<think>...</think><answer>3.42</answer>',
+the quality_instructions builder's 'grpo' kind), which teaches the format GRPO starts from;
+otherwise the level prompt (target " <level>.", with probability `level_rate`, or when it
+has no description) or the description prompt with its description. A pair of videos with
+dimension scores gets the SIG comparison, otherwise the first video's single-video text.
+
+GRPO (`grpo_dataset`): single videos, each with a temporally perturbed copy of its key
+frames (cpllm.data.perturb) in slot B, for the temporal-consistency reward.
 
 Everything random is a function of (seed, position), so the iterator state saved with a
 checkpoint (`iterator.get_state()`) restores exactly the batches an uninterrupted run sees.
@@ -41,6 +46,7 @@ import numpy as np
 
 from cpllm.data import features
 from cpllm.data import instructions
+from cpllm.data import perturb
 from cpllm.data import tokenizer as tokenizer_lib
 from cpllm.data import video
 
@@ -61,6 +67,7 @@ class Task(enum.IntEnum):
   LEVEL = 0
   DESCRIBE = 1
   COMPARE = 2
+  REASON = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,10 +187,11 @@ def example_spec(model_config: Mapping[str, Any], num_frames: int, text_len: int
 class PlanPair(grain.transforms.RandomMap):
   """anchor index -> plan dict(a, b, kind, task, text_seed)."""
 
-  def __init__(self, meta: Metadata, mix: Mix, level_rate: float):
+  def __init__(self, meta: Metadata, mix: Mix, level_rate: float, reason_rate: float = 0.0):
     self.meta = meta
     self.probabilities = mix.probabilities()
     self.level_rate = level_rate
+    self.reason_rate = reason_rate
 
   def random_map(self, anchor, rng: np.random.Generator):
     meta = self.meta
@@ -207,7 +215,10 @@ class PlanPair(grain.transforms.RandomMap):
           a, b = b, anchor
       else:
         kind = PairKind.SINGLE
-    if kind == PairKind.SINGLE:
+    if (kind == PairKind.SINGLE and self.reason_rate
+        and np.isfinite(meta.dimensions[a]).any() and rng.random() < self.reason_rate):
+      task = Task.REASON
+    elif kind == PairKind.SINGLE:
       has_description = bool(meta.descriptions[a])
       task = Task.DESCRIBE if has_description and rng.random() >= self.level_rate \
           else Task.LEVEL
@@ -226,7 +237,12 @@ def example_text(meta: Metadata, plan: Mapping[str, int]) -> tuple[str, str]:
     return instructions.LEVEL_PROMPT, instructions.level_answer(float(meta.mos[a]))
   if task == Task.DESCRIBE:
     return DESCRIBE_PROMPT, meta.descriptions[a]
-  dims = lambda i: dict(zip(features.DIMENSIONS, meta.dimensions[i].tolist()))
+  dims = lambda i: {name: value for name, value in zip(features.DIMENSIONS,
+                                                       meta.dimensions[i].tolist())
+                    if math.isfinite(value)}
+  if task == Task.REASON:
+    return instructions.GRPO_PROMPT, instructions.grpo_target(
+        dims(a), float(meta.mos[a]), rng=np.random.default_rng(plan["text_seed"]))
   return instructions.compare(dims(a), float(meta.mos[a]), dims(b), float(meta.mos[b]),
                               rng=np.random.default_rng(plan["text_seed"]))
 
@@ -288,12 +304,12 @@ def _prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
 
 def train_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frames: int,
                   text_len: int, batch_size: int, seed: int, mix: Mix = Mix(),
-                  level_rate: float = 0.3, num_workers: int = 0, shard_index: int = 0,
-                  shard_count: int = 1) -> grain.IterDataset:
+                  level_rate: float = 0.3, reason_rate: float = 0.0, num_workers: int = 0,
+                  shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
   """Endless, shuffled, batched training examples for this host (batch_size is per host)."""
   ds = grain.MapDataset.range(len(meta))
   ds = _shard(ds, shard_index, shard_count).shuffle(seed=seed).repeat()
-  ds = ds.random_map(PlanPair(meta, mix, level_rate), seed=seed)
+  ds = ds.random_map(PlanPair(meta, mix, level_rate, reason_rate), seed=seed)
   ds = ds.map(LoadExample(records, meta, tokenizer, model_config, num_frames, text_len))
   ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
   return _prefetch(ds, num_workers)
@@ -322,4 +338,55 @@ def eval_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frames
   ds = ds.map(LoadExample(records, meta, tokenizer, model_config, num_frames, text_len))
   ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=False)
   ds = ds.map(functools.partial(_pad_batch, batch_size=batch_size))
+  return _prefetch(ds, num_workers)
+
+
+class LoadPerturbedPair(grain.transforms.RandomMap):
+  """record index -> the video in slot A and a temporally perturbed copy in slot B.
+
+  The perturbation (one of `kinds`, at `strength`) permutes the M picked key frames, so
+  both slots show the same content and differ in time only.
+  """
+
+  def __init__(self, records, meta: Metadata, model_config: Mapping[str, Any],
+               num_frames: int, kinds: Sequence[perturb.Perturbation], strength: float):
+    if not kinds:
+      raise ValueError("GRPO needs at least one perturbation kind for the temporal reward")
+    self.records = records
+    self.meta = meta
+    self.model_config = dict(model_config)
+    self.num_frames = num_frames
+    self.kinds = tuple(kinds)
+    self.strength = strength
+
+  def random_map(self, index, rng: np.random.Generator):
+    index = int(index)
+    frames = np.asarray(self.records[index]["frames"])
+    frames = frames[frame_picks(len(frames), self.num_frames)]
+    kind = int(rng.integers(len(self.kinds)))
+    ctx, patches = (np.asarray(x) for x in video.preprocess(frames, self.model_config))
+    # Perturbing preprocessed frames equals preprocessing perturbed ones (per-frame ops).
+    _, order = perturb.perturb(np.arange(self.num_frames), self.kinds[kind], rng,
+                               self.strength)
+    return dict(ctx=np.stack([ctx, ctx[order]]), patches=np.stack([patches, patches[order]]),
+                mos=self.meta.mos[index],
+                index=np.int32(index), perturbation=np.int32(kind),
+                perturbed_order=order.astype(np.int32))
+
+
+def grpo_dataset(records, meta: Metadata, *, model_config, num_frames: int,
+                 batch_size: int, seed: int, kinds: Sequence[perturb.Perturbation],
+                 strength: float, num_workers: int = 0, shard_index: int = 0,
+                 shard_count: int = 1) -> grain.IterDataset:
+  """Endless, shuffled batches of (video, perturbed video) for GRPO rollouts (per host).
+
+  Batch: ctx uint8[B, 2, M, R, R, 3], patches uint8[B, 2, M, K, P, P, 3] (slot 1 holds
+  the perturbed frames), mos float32[B], index int32[B], perturbation int32[B] (index into
+  `kinds`), perturbed_order int32[B, M] (which key frame each perturbed slot shows).
+  """
+  ds = grain.MapDataset.range(len(meta))
+  ds = _shard(ds, shard_index, shard_count).shuffle(seed=seed).repeat()
+  ds = ds.random_map(LoadPerturbedPair(records, meta, model_config, num_frames, kinds,
+                                       strength), seed=seed)
+  ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
   return _prefetch(ds, num_workers)

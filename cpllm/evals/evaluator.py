@@ -7,6 +7,8 @@ gathers the predictions, computes the metrics of cpllm.evals.metrics and writes
   workdir/eval/<step>/scatter.png      predicted score vs MOS with the fitted logistic
   workdir/eval/<step>/flip_rate.png    flip rate per CRF difference
   workdir/eval/<step>/descriptions.jsonl  the generated descriptions
+  workdir/eval/<step>/answers.jsonl  with `config.eval_answer_tokens` > 0: every video's
+                                     greedy response to the GRPO prompt (answer_* metrics)
 
 and logs the scalars and both plots to TensorBoard.
 """
@@ -22,8 +24,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from cpllm.data import features
+from cpllm.data import instructions
 from cpllm.data import pipeline
-from cpllm.data import tokenizer as tokenizer_lib
 from cpllm.evals import metrics as metrics_lib
 from cpllm.evals import plots
 from cpllm.train import sampler
@@ -44,20 +46,24 @@ def reference_records(meta: pipeline.Metadata) -> np.ndarray:
   return is_ref
 
 
-def describe(model, params, tokenizer, out, video_mask, generate, *, prompt_len: int):
-  """Greedy descriptions of the first video of each row (DESCRIBE_PROMPT) -> list[str].
+def generate_tokens(model, params, out, video_mask, generate, prompts):
+  """Greedy continuations of `prompts` (encoded arrays, one row per example) about the
+  first video of each row -> (tokens int32[B, N], lengths int32[B]) as NumPy.
 
   `generate` is a `sampler.make_generate` function, built once per evaluation so it
   compiles once.
   """
-  prompts = tokenizer_lib.encode_prompts(tokenizer, [pipeline.DESCRIBE_PROMPT] *
-                                         len(video_mask), prompt_len)
   prefix = model.apply({"params": params}, out["ctx_tokens"], out["pix_tokens"], video_mask,
                        prompts["text"], prompts["input_mask"], prompts["mask_ar"],
                        method=model.decoder_inputs)
   result = jax.device_get(generate({"params": params}, *prefix))
-  return [tokenizer.decode(tokens[:n][tokens[:n] != tokenizer.eos_id].tolist())
-          for tokens, n in zip(result["tokens"], result["lengths"])]
+  return np.asarray(result["tokens"]), np.asarray(result["lengths"])
+
+
+def decode_tokens(tokenizer, tokens, lengths) -> list[str]:
+  """Texts of sampled rows: each row's first `length` tokens, EOS removed."""
+  return [tokenizer.decode(row[:n][row[:n] != tokenizer.eos_id].tolist())
+          for row, n in zip(tokens, lengths)]
 
 
 def _gather(values: np.ndarray) -> np.ndarray:
@@ -89,7 +95,15 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
   describe_left = config.get("eval_describe", 8)
   generate = sampler.make_generate(model, max_new_tokens=config.get("describe_tokens", 64),
                                    eos_id=tokenizer.eos_id)
+  describe_prompts = sampler.encode_prompts(tokenizer, [pipeline.DESCRIBE_PROMPT] * batch_size)
+  answer_len = config.get("eval_answer_tokens", 0)
+  if answer_len:
+    generate_answer = sampler.make_generate(model, max_new_tokens=answer_len,
+                                            eos_id=tokenizer.eos_id)
+    answer_prompts = sampler.encode_prompts(tokenizer,
+                                            [instructions.GRPO_PROMPT] * batch_size)
   indices, scores, level_scores, texts, text_indices = [], [], [], [], []
+  answer_rows, answer_lengths = [], []
   batches = iter(dataset)
   for batch in batches:
     out = apply(params, batch)
@@ -97,9 +111,14 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
     indices.append(batch["index"][valid, 0])
     scores.append(np.asarray(out["score"])[valid, 0])
     level_scores.append(np.asarray(out["level_score"])[valid])
+    if answer_len:
+      tokens, lengths = generate_tokens(model, params, out, batch["video_mask"],
+                                        generate_answer, answer_prompts)
+      answer_rows.append(tokens[valid])
+      answer_lengths.append(lengths[valid])
     if describe_left > 0:
-      described = describe(model, params, tokenizer, out, batch["video_mask"], generate,
-                           prompt_len=config.text_len)
+      described = decode_tokens(tokenizer, *generate_tokens(
+          model, params, out, batch["video_mask"], generate, describe_prompts))
       keep = np.flatnonzero(valid)[:describe_left]
       texts += [described[i] for i in keep]
       text_indices += batch["index"][keep, 0].tolist()
@@ -112,9 +131,15 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
   pred = _gather(np.concatenate(scores))[order]
   level = _gather(np.concatenate(level_scores))[order]
   mos = meta.mos[index]
+  answer_texts = None
+  if answer_len:  # gathered as tokens: text does not travel between hosts
+    answer_texts = decode_tokens(tokenizer,
+                                 _gather(np.concatenate(answer_rows))[order],
+                                 _gather(np.concatenate(answer_lengths))[order])
   result = metrics_lib.evaluate_predictions(
       pred, mos, meta.source_ids[index], meta.crf[index],
-      is_source=reference_records(meta)[index], level_score=level)
+      is_source=reference_records(meta)[index], level_score=level,
+      answer_texts=answer_texts)
   if texts:  # Descriptions are generated on host 0's share only (a few videos).
     result.update(metrics_lib.prefixed(
         metrics_lib.answer_metrics(texts, meta.mos[text_indices]), "text"))
@@ -129,6 +154,12 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
       for i, text in zip(text_indices, texts):
         f.write(json.dumps(dict(id=str(meta.ids[i]), mos=float(meta.mos[i]),
                                 description=text)) + "\n")
+    if answer_texts is not None:
+      with open(os.path.join(out_dir, "answers.jsonl"), "w") as f:
+        for i, text in zip(index, answer_texts):
+          f.write(json.dumps(dict(id=str(meta.ids[i]), mos=float(meta.mos[i]),
+                                  answer=metrics_lib.parse_answer_score(text),
+                                  response=text)) + "\n")
     scatter = plots.scatter_with_logistic(
         pred, mos, os.path.join(out_dir, "scatter.png"),
         title=f"Predicted score vs MOS, step {step}")

@@ -64,8 +64,9 @@ def fit_logistic(pred, mos, *, maxfev: int = 10_000) -> Fit:
   (max(mos), min(mos), mean(pred), std(pred)).
 
   e.g. pred = x, mos = logistic4(x, 4.6, 1.3, 0.4, 0.7) -> Fit('logistic', (4.6, 1.3, 0.4,
-  0.7)). When least squares does not converge within `maxfev` calls the result is a linear
-  least-squares fit with kind 'linear' and the reason in `message`, never an exception.
+  0.7)). When least squares does not converge within `maxfev` calls, or converges to a
+  curve that fits worse than the best line, the result is the linear least-squares fit with
+  kind 'linear' and the reason in `message`, never an exception.
   """
   pred, mos = _check("fit_logistic", pred=pred, mos=mos)
   if np.ptp(pred) == 0:  # no slope or width can be fitted; the best map is the mean
@@ -78,12 +79,27 @@ def fit_logistic(pred, mos, *, maxfev: int = 10_000) -> Fit:
       params, _ = optimize.curve_fit(logistic4, pred, mos, p0=p0, maxfev=maxfev)
     reason = "non-finite parameters"
     if np.all(np.isfinite(params)):
-      return Fit("logistic", tuple(float(p) for p in params))
+      fit = Fit("logistic", tuple(float(p) for p in params))
+      # A logistic contains (nearly) every line, so a least-squares optimum never fits worse
+      # than the best line; when it does, curve_fit stopped in a poor local minimum
+      # (e.g. flat on the data, which leaves PLCC undefined).
+      if _sse(fit, pred, mos) <= _sse(_linear(pred, mos), pred, mos) * (1 + 1e-6):
+        return fit
+      reason = "stopped in a local minimum worse than a line"
   except RuntimeError as e:  # curve_fit's way of saying it did not converge
     reason = str(e)
+  line = _linear(pred, mos)
+  return Fit("linear", line.params, f"logistic fit failed ({reason}); fell back to a "
+                                    "linear fit")
+
+
+def _linear(pred, mos) -> Fit:
   line = stats.linregress(pred, mos)
-  return Fit("linear", (float(line.slope), float(line.intercept)),
-             f"logistic fit failed ({reason}); fell back to a linear fit")
+  return Fit("linear", (float(line.slope), float(line.intercept)))
+
+
+def _sse(fit: Fit, pred, mos) -> float:
+  return float(np.sum((fit(pred) - mos) ** 2))
 
 
 def correlations(pred, mos) -> dict:
@@ -236,7 +252,8 @@ def evaluate_predictions(pred, mos, source_ids, crf, *, is_source=None, level_sc
   n_videos, flip_rate / flip_ties / flip_pairs (dicts keyed '2', '4', ..., 'overall').
   Optional inputs [N] add namespaced keys: is_source -> dmos_*, level_score (the level-token
   score) -> level_*, texts (described answers) -> text_parse_rate, text_level_accuracy,
-  text_n, answer_texts (GRPO '<answer>' responses) -> answer_parse_rate, answer_srcc, ...
+  text_n, answer_texts (GRPO '<answer>' responses) -> answer_parse_rate, answer_srcc, ...,
+  answer_flip_rate / answer_flip_ties / answer_flip_pairs over the parsed answers.
   """
   out = correlations(pred, mos)
   out["n_videos"] = out.pop("n")
@@ -249,6 +266,11 @@ def evaluate_predictions(pred, mos, source_ids, crf, *, is_source=None, level_sc
     out.update(prefixed(answer_metrics(texts, mos), "text"))
   if answer_texts is not None:
     out.update(prefixed(answer_score_metrics(answer_texts, mos), "answer"))
+    answers = [parse_answer_score(t) for t in answer_texts]
+    ok = np.array([a is not None for a in answers], bool)
+    out.update(prefixed(flip_rate(np.array([a for a in answers if a is not None]),
+                                  np.asarray(source_ids)[ok], np.asarray(crf)[ok], diffs),
+                        "answer"))
   return out
 
 

@@ -3,6 +3,11 @@
 One jitted function: prefill the prefix (visual tokens + prompt), then a
 `jax.lax.while_loop` that samples a token, appends it to the cache and stops when every
 sequence has produced EOS or `max_new_tokens` are out. Greedy when temperature == 0.
+`num_samples` = K draws K continuations of every prefix in one batch (GRPO's group).
+
+Every distinct prefix length is one compilation, so prompts are padded to a few bucket
+lengths (`bucket_length`, `encode_prompts`); the padding sits after the prompt and the
+continuation follows its last real token.
 """
 
 from __future__ import annotations
@@ -12,8 +17,25 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from cpllm.data import tokenizer as tokenizer_lib
 from cpllm.models import cpllm
 from cpllm.models import gemma
+
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024)
+
+
+def bucket_length(length: int, buckets=PROMPT_BUCKETS) -> int:
+  """The smallest bucket >= length: e.g. 40 -> 64 with the default buckets."""
+  for bucket in sorted(buckets):
+    if bucket >= length:
+      return bucket
+  raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {max(buckets)}")
+
+
+def encode_prompts(tokenizer: tokenizer_lib.Tokenizer, prompts, buckets=PROMPT_BUCKETS):
+  """`tokenizer.encode_prompts` padded to the bucket of the longest prompt (with bos)."""
+  longest = max(len(tokenizer.encode(p)) + 1 for p in prompts)
+  return tokenizer_lib.encode_prompts(tokenizer, prompts, bucket_length(longest, buckets))
 
 
 def _filter_logits(logits, temperature: float, top_k: int, top_p: float):
@@ -34,17 +56,18 @@ def _filter_logits(logits, temperature: float, top_k: int, top_p: float):
 
 
 def make_generate(model: cpllm.CPLLM, *, max_new_tokens: int, eos_id: int,
-                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
+                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                  num_samples: int = 1):
   """A jitted `generate(variables, x, input_mask, mask_ar, rng=None)` for these settings
   (temperature 0 = greedy); see `generate`."""
   return jax.jit(functools.partial(
       generate, model, max_new_tokens=max_new_tokens, eos_id=eos_id,
-      temperature=temperature, top_k=top_k, top_p=top_p))
+      temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples))
 
 
 def generate(model: cpllm.CPLLM, variables, x, input_mask, mask_ar, rng=None, *,
              max_new_tokens: int, eos_id: int, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0):
+             top_p: float = 1.0, num_samples: int = 1):
   """Continues the prefix embeddings (call under jit, e.g. through `make_generate`).
 
   Args:
@@ -54,12 +77,17 @@ def generate(model: cpllm.CPLLM, variables, x, input_mask, mask_ar, rng=None, *,
       real token.
     rng: PRNG key, needed when temperature > 0.
     max_new_tokens, eos_id, temperature, top_k, top_p: sampling settings.
+    num_samples: K continuations per prefix; row b * K + k of the outputs is sample k of
+      prefix b (the prefix is repeated before prefill, so the K rows share one batch).
 
   Returns:
-    dict(tokens int32[B, N] (eos_id after the end), logprobs float32[B, N] (log-softmax of
-    the unfiltered logits at the chosen token, 0 after the end), lengths int32[B] (tokens up
-    to and including EOS)).
+    dict(tokens int32[B*K, N] (eos_id after the end), logprobs float32[B*K, N] (log-softmax
+    of the unfiltered logits at the chosen token, 0 after the end), lengths int32[B*K]
+    (tokens up to and including EOS)).
   """
+  if num_samples > 1:
+    x, input_mask, mask_ar = (jnp.repeat(a, num_samples, axis=0)
+                              for a in (x, input_mask, mask_ar))
   b, t = input_mask.shape
   llm = cpllm.build_gemma(model.decoder, model.dtype)
   cache = gemma.init_cache(llm, b, t + max_new_tokens, dtype=model.dtype)

@@ -145,12 +145,14 @@ class Setup:
   batch_sharding: jax.sharding.NamedSharding
 
 
-def create_state(config, model: cpllm.CPLLM, spec, mesh, rng):
+def create_state(config, model: cpllm.CPLLM, spec, mesh, rng, load_params=None):
   """Builds the train state directly sharded: eval_shape, shardings, jitted init, then the
   pretrained checkpoints of `config.init` placed onto those shardings.
 
   Args:
     spec: the global batch as ShapeDtypeStructs (pipeline.example_spec).
+    load_params: optional `shardings -> params` that replaces the random init and
+      `config.init` (GRPO starts from a supervised run's checkpoint this way).
 
   Returns (state dict(step, trainable, frozen, opt_state), Setup).
   """
@@ -159,11 +161,15 @@ def create_state(config, model: cpllm.CPLLM, spec, mesh, rng):
     param_sh = sharding.param_shardings(abstract, mesh)["params"]
     # Zeros stand in for the batch: init only needs shapes, and XLA drops the forward pass.
     zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), spec)
-    params = jax.jit(lambda r: nn.unbox(model.init(r, zeros()))["params"],
-                     out_shardings=param_sh)(rng)
-  init_paths = {k: v for k, v in config.get("init", {}).items() if v}
-  if init_paths:
-    params = checkpoints.load_pretrained(params, **init_paths)
+    if load_params is None:
+      params = jax.jit(lambda r: nn.unbox(model.init(r, zeros()))["params"],
+                       out_shardings=param_sh)(rng)
+  if load_params is not None:
+    params = load_params(param_sh)
+  else:
+    init_paths = {k: v for k, v in config.get("init", {}).items() if v}
+    if init_paths:
+      params = checkpoints.load_pretrained(params, **init_paths)
 
   mults = lr_multipliers(params, param_rules(config))
   trainable, frozen = partition(params, mults)
@@ -351,7 +357,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_iter = iter(pipeline.train_dataset(
       records, meta, tokenizer, batch_size=host_batch, seed=config.seed,
       mix=pipeline.Mix(**config.data.mix), level_rate=config.data.level_rate,
-      **data_kwargs))
+      reason_rate=config.data.get("reason_rate", 0.0), **data_kwargs))
   log_line(f"data: {len(meta)} training and {len(eval_meta)} evaluation videos "
            f"({config.data.name} in {data_dir})")
 

@@ -8,6 +8,7 @@ from absl import flags
 from cpllm import configs
 from cpllm.data import features
 from cpllm.data import instructions
+from cpllm.data import perturb
 from cpllm.data import pipeline
 from cpllm.data import tokenizer as tokenizer_lib
 from cpllm.data import video
@@ -178,3 +179,50 @@ def test_batches_match_example_spec(data, tokenizer):
   assert set(batch) == set(spec)
   for key, want in spec.items():
     assert batch[key].shape == want.shape and batch[key].dtype == want.dtype, key
+
+
+def test_reason_task_teaches_the_grpo_format(data):
+  records, meta = data
+  plan = pipeline.PlanPair(meta, pipeline.Mix(1, 0, 0), level_rate=0.3, reason_rate=0.5)
+  rng = np.random.default_rng(0)
+  plans = [plan.random_map(i % len(meta), rng) for i in range(200)]
+  reasons = [p for p in plans if p["task"] == pipeline.Task.REASON]
+  assert 70 < len(reasons) < 130
+  prompt, target = pipeline.example_text(meta, reasons[0])
+  assert prompt == instructions.GRPO_PROMPT
+  a = reasons[0]["a"]
+  assert target.startswith("<think>")
+  assert target.endswith(f"<answer>{float(meta.mos[a]):.2f}</answer>")
+  # reason_rate 0 draws no extra random number: the plans of older configs are unchanged.
+  old = pipeline.PlanPair(meta, pipeline.Mix(), level_rate=0.3)
+  new = pipeline.PlanPair(meta, pipeline.Mix(), level_rate=0.3, reason_rate=0.0)
+  rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+  assert [old.random_map(i, rng_a) for i in range(12)] == [new.random_map(i, rng_b)
+                                                             for i in range(12)]
+
+
+def test_grpo_batches_pair_each_video_with_its_perturbed_copy(data):
+  records, meta = data
+  kinds = (perturb.Perturbation.REVERSE, perturb.Perturbation.REPEAT)
+  ds = pipeline.grpo_dataset(records, meta, model_config=CFG.model, num_frames=3,
+                             batch_size=4, seed=1, kinds=kinds, strength=1.0)
+  batch = next(iter(ds))
+  r, k, p = CFG.model["ctx_res"], CFG.model["num_patches"], CFG.model["patch_size"]
+  assert batch["ctx"].shape == (4, 2, 3, r, r, 3)
+  assert batch["patches"].shape == (4, 2, 3, k, p, p, 3)
+  picks = pipeline.frame_picks(4, 3)
+  for row in range(4):
+    index = int(batch["index"][row])
+    assert batch["mos"][row] == meta.mos[index]
+    frames = records[index]["frames"][picks]
+    kind = kinds[batch["perturbation"][row]]
+    order = batch["perturbed_order"][row]
+    # strength 1: the whole clip reversed, or every frame after the first a stall.
+    assert order.tolist() == ([2, 1, 0] if kind == perturb.Perturbation.REVERSE
+                              else [0, 0, 0])
+    want = np.clip(np.round(np.asarray(video.context_frames(frames[order], r))), 0, 255)
+    np.testing.assert_array_equal(batch["ctx"][row, 1], want)
+    np.testing.assert_array_equal(batch["ctx"][row, 0], np.clip(np.round(np.asarray(
+        video.context_frames(frames, r))), 0, 255))
+  with pytest.raises(ValueError, match="at least one perturbation"):
+    pipeline.LoadPerturbedPair(records, meta, CFG.model, 3, (), 0.5)

@@ -74,6 +74,21 @@ def test_fit_falls_back_to_linear():
   np.testing.assert_allclose(fit(pred), line.slope * pred + line.intercept)
 
 
+def test_fit_refuses_a_local_minimum_worse_than_a_line():
+  # Weakly correlated data on which curve_fit, from the VQEG start, converges to a step
+  # that is flat on every point (as the demo's predictions once did): PLCC would be
+  # undefined. The line fits better, so it is used.
+  rng = np.random.default_rng(83)
+  n = int(rng.integers(8, 130))
+  pred = rng.normal(3, rng.uniform(0.05, 1), n)
+  mos = np.clip(3 + rng.uniform(-0.5, 0.5) * (pred - 3) + rng.normal(0, 1, n), 1, 5)
+  fit = M.fit_logistic(pred, mos)
+  line = stats.linregress(pred, mos)
+  assert fit.kind == "linear" and "local minimum" in fit.message
+  np.testing.assert_allclose(fit.params, (line.slope, line.intercept))
+  assert M.correlations(pred, mos)["plcc"] == pytest.approx(abs(line.rvalue))
+
+
 @pytest.mark.parametrize("pred,mos,match", [
     ([1.0, np.nan, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0],
      "correlations: pred has 1 NaN or inf values out of 4"),
@@ -212,3 +227,17 @@ def test_evaluate_predictions_is_json_ready():
   assert all(type(v) in (int, float, str, dict) for v in out.values())
   bare = M.evaluate_predictions(pred, mos, ids, crf)
   assert not any(k.startswith(("dmos_", "level_", "text_", "answer_")) for k in bare)
+
+
+def test_answer_flip_rate_counts_parsed_answers_only():
+  # Source s, CRF 20 / 24 / 28: the CRF-24 answer is unparsable, so its only pair left is
+  # (28 over 20) at d = 8, answered 3.10 > 3.00: a flip. Source t (CRF 20 / 28), no flip.
+  crf = [20, 24, 28, 20, 28]
+  answers = ["<answer>3.00</answer>", "<answer>n/a</answer>", "<answer>3.10</answer>",
+             "<answer>4</answer>", "<answer>2</answer>"]
+  out = M.evaluate_predictions([3.0, 2.9, 2.8, 4.1, 2.2], [4.0, 3.5, 3.0, 4.2, 2.0],
+                               ["s", "s", "s", "t", "t"], crf, answer_texts=answers)
+  assert out["answer_flip_rate"]["8"] == 0.5 and out["answer_flip_pairs"]["8"] == 2
+  assert out["answer_flip_pairs"]["4"] == 0 and out["answer_flip_rate"]["4"] is None
+  assert out["flip_rate"]["4"] == 0.0  # the score head's pairs are all there
+  assert out["answer_parse_rate"] == pytest.approx(4 / 5)

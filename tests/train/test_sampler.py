@@ -31,7 +31,7 @@ def setup():
 def full_forward_logits(model, variables, batch, tokens):
   text = np.concatenate([batch["text"][:, :PROMPT], tokens], 1)
   mask = np.concatenate([batch["input_mask"][:, :PROMPT], np.ones_like(tokens, bool)], 1)
-  ar = np.concatenate([np.zeros((3, PROMPT), np.int32), np.ones_like(tokens)], 1)
+  ar = np.concatenate([np.zeros((len(tokens), PROMPT), np.int32), np.ones_like(tokens)], 1)
   return np.asarray(model.apply(variables, dict(batch, text=text, input_mask=mask,
                                                 mask_ar=ar))["logits"])
 
@@ -71,3 +71,43 @@ def test_eos_stops_rows_and_sampling_is_seeded(setup):
   assert not np.array_equal(sample(key), sample(jax.random.PRNGKey(4)))
   np.testing.assert_array_equal(sample(key, top_k=1), greedy)
   np.testing.assert_array_equal(sample(key, top_p=1e-6), greedy)
+
+
+def log_softmax(logits):
+  logits = logits.astype(np.float64)
+  top = logits.max(-1, keepdims=True)
+  return logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+
+
+def test_sampled_logprobs_equal_full_forward_and_groups(setup):
+  model, variables, batch, prefix = setup
+  k, n = 3, 5
+  out = sampler.make_generate(model, max_new_tokens=n, eos_id=-1, temperature=1.0,
+                              num_samples=k)(variables, *prefix, jax.random.PRNGKey(7))
+  tokens = np.asarray(out["tokens"])
+  assert tokens.shape == (3 * k, n)
+  assert len({tuple(t) for t in tokens}) > 3  # the K draws of a prefix differ
+  # Rows b*K..b*K+K-1 continue prefix b: score every row by a full forward pass of its
+  # own prefix (from the batch, not the sampler) followed by its sampled tokens.
+  repeated = {key: np.repeat(value, k, axis=0) for key, value in batch.items()}
+  logits = full_forward_logits(model, variables, repeated, tokens)
+  for row in range(3 * k):
+    last = 3 if row // k == 1 else PROMPT - 1
+    steps = np.concatenate([logits[row, last:last + 1], logits[row, PROMPT:-1]])
+    expected = log_softmax(steps)[np.arange(n), tokens[row]]
+    np.testing.assert_allclose(out["logprobs"][row], expected, atol=1e-4,
+                               err_msg=f"row {row}")
+  greedy = sampler.make_generate(model, max_new_tokens=n, eos_id=-1, num_samples=2)(
+      variables, *prefix)
+  single = sampler.make_generate(model, max_new_tokens=n, eos_id=-1)(variables, *prefix)
+  np.testing.assert_array_equal(np.asarray(greedy["tokens"]),
+                                np.repeat(np.asarray(single["tokens"]), 2, axis=0))
+
+
+def test_prompt_buckets():
+  assert sampler.bucket_length(1) == 16
+  assert sampler.bucket_length(16) == 16
+  assert sampler.bucket_length(17) == 32
+  assert sampler.bucket_length(40, buckets=(48, 24)) == 48
+  with pytest.raises(ValueError, match="exceeds the largest bucket 48"):
+    sampler.bucket_length(49, buckets=(48, 24))
