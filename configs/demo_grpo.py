@@ -42,15 +42,15 @@ def get_config(arg: str | None = None):
   )
   config.param_rules = ((r"llm/.*lora_[ab]", 1.0), (r".*", 0.0))
   config.batch_size = 8  # videos per step; K responses each
-  config.total_steps = 2 if smoke else 40
-  config.lr = 5e-4
+  config.total_steps = 2 if smoke else 150
+  config.lr = 2e-3
   config.schedule = "constant"
   config.warmup_steps = 0
   config.grad_clip = 1.0
   config.mesh = (-1, 1, 1)
 
-  config.log_every = 1 if smoke else 5
-  config.checkpoint_every = 2 if smoke else 10
+  config.log_every = 1 if smoke else 10
+  config.checkpoint_every = 2 if smoke else 50
   config.keep_checkpoints = 2
   config.eval_every = config.total_steps
   config.eval_batch_size = 8 if smoke else 32

@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import grain
 from jax.experimental import multihost_utils
@@ -290,16 +289,7 @@ def make_update_step(setup: trainer.Setup, config):
                      rollout["mask"], clip_eps=g.clip_eps, kl_beta=g.kl_beta)
 
   def step(state, rollout):
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["trainable"], state["frozen"], rollout)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
-    trainable = optax.apply_updates(state["trainable"], updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = dict(state, trainable=keep(trainable, state["trainable"]),
-                     opt_state=keep(opt_state, state["opt_state"]))
-    return new_state, dict(loss=loss, grad_norm=grad_norm, finite=finite, **terms)
+    return trainer.guarded_update(optimizer, loss_fn, state, rollout)
 
   return jax.jit(step, donate_argnums=(0,))
 
@@ -318,19 +308,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config.num_frames = sft_config.num_frames
   data_dir = os.path.abspath(config.data.data_dir)
   tokenizer = tokenizer_lib.Tokenizer(os.path.join(init_workdir, score.TOKENIZER_FILE))
-  trainer.write_config(config, workdir)
-  if jax.process_index() == 0:
-    tokenizer_copy = os.path.join(workdir, score.TOKENIZER_FILE)
-    with open(tokenizer.path, "rb") as src, open(tokenizer_copy, "wb") as dst:
-      dst.write(src.read())
+  trainer.write_run_files(config, workdir, tokenizer)
   trainer.log_line(f"GRPO workdir {workdir}, from {init_workdir}")
 
-  records, meta = pipeline.open_split(config.data.name, config.data.train_split, data_dir)
-  eval_records, eval_meta = pipeline.open_split(config.data.name, config.data.eval_split,
-                                                data_dir)
-  if config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size {config.batch_size} does not split over "
-                     f"{jax.process_count()} processes")
+  (records, meta), (eval_records, eval_meta) = trainer.open_splits(config, data_dir)
   kinds = tuple(perturb.Perturbation(k) if isinstance(k, str) else k for k in g.perturbations)
   videos = iter(pipeline.grpo_dataset(
       records, meta, model_config=config.model, num_frames=config.num_frames,

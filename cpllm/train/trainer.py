@@ -190,30 +190,37 @@ def create_state(config, model: cpllm.CPLLM, spec, mesh, rng, load_params=None):
   return state, Setup(model, mesh, mults, optimizer, state_sh, batch_sh)
 
 
+def guarded_update(optimizer, loss_fn, state, batch):
+  """One optimiser step on `loss_fn(trainable, frozen, batch) -> (loss, terms)` (call
+  under jit). A non-finite loss or gradient norm keeps the parameters and optimiser state
+  and reports `finite` False. Returns (state with new trainable / opt_state, metrics)."""
+  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["trainable"], state["frozen"], batch)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
+  trainable = optax.apply_updates(state["trainable"], updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = dict(state, trainable=keep(trainable, state["trainable"]),
+                   opt_state=keep(opt_state, state["opt_state"]))
+  return new_state, dict(loss=loss, grad_norm=grad_norm, finite=finite, **terms)
+
+
 def make_train_step(setup: Setup, loss_weights: Mapping[str, float]):
   """One jitted step: forward, loss, gradients of the trainable params only, update.
 
   A non-finite loss or gradient norm leaves the state unchanged and sets `finite` False,
   so the caller can stop with the step named and the last checkpoint stays good.
   """
-  model, optimizer = setup.model, setup.optimizer
+  model = setup.model
 
   def loss_fn(trainable, frozen, batch):
     out = model.apply({"params": combine(trainable, frozen)}, batch, train=True)
     return losses.total_loss(out, batch, loss_weights)
 
   def step(state, batch):
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["trainable"], state["frozen"], batch)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
-    trainable = optax.apply_updates(state["trainable"], updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = dict(step=state["step"] + finite.astype(jnp.int32),
-                     trainable=keep(trainable, state["trainable"]),
-                     frozen=state["frozen"], opt_state=keep(opt_state, state["opt_state"]))
-    metrics = dict(loss=loss, grad_norm=grad_norm, finite=finite, **terms)
+    new_state, metrics = guarded_update(setup.optimizer, loss_fn, state, batch)
+    new_state["step"] = state["step"] + metrics["finite"].astype(jnp.int32)
     return new_state, metrics
 
   return jax.jit(step, in_shardings=(setup.state_shardings, setup.batch_sharding),
@@ -325,6 +332,23 @@ def resolve_tokenizer(config, data_dir: str) -> tokenizer_lib.Tokenizer:
   return tokenizer_lib.Tokenizer(path)
 
 
+def write_run_files(config, workdir: str, tokenizer: tokenizer_lib.Tokenizer) -> None:
+  """config.json and the tokenizer (scoring and export read the run's own) on process 0."""
+  write_config(config, workdir)
+  if jax.process_index() == 0:
+    shutil.copyfile(tokenizer.path, os.path.join(workdir, "tokenizer.model"))
+
+
+def open_splits(config, data_dir: str):
+  """((records, meta) of the training split, the same of the evaluation split), after
+  checking that the global batch splits over the processes."""
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size {config.batch_size} does not split over "
+                     f"{jax.process_count()} processes")
+  return (pipeline.open_split(config.data.name, config.data.train_split, data_dir),
+          pipeline.open_split(config.data.name, config.data.eval_split, data_dir))
+
+
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) and evaluates; returns the last evaluation's metrics."""
   config = ml_collections.ConfigDict(config.to_dict())
@@ -338,18 +362,11 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f"vocabulary is {config.model['decoder']['vocab_size']}")
   if config.model.get("level_token_ids") is None:
     config.model["level_token_ids"] = tuple(tokenizer.level_token_ids())
-  write_config(config, workdir)
-  if jax.process_index() == 0:  # scoring and export read the run's tokenizer from here
-    shutil.copyfile(tokenizer.path, os.path.join(workdir, "tokenizer.model"))
+  write_run_files(config, workdir, tokenizer)
   log_line(f"workdir {workdir}; config and tokenizer written to config.json, "
            "tokenizer.model")
 
-  records, meta = pipeline.open_split(config.data.name, config.data.train_split, data_dir)
-  eval_records, eval_meta = pipeline.open_split(config.data.name, config.data.eval_split,
-                                                data_dir)
-  if config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size {config.batch_size} does not split over "
-                     f"{jax.process_count()} processes")
+  (records, meta), (eval_records, eval_meta) = open_splits(config, data_dir)
   host_batch = config.batch_size // jax.process_count()
   data_kwargs = dict(model_config=config.model, num_frames=config.num_frames,
                      text_len=config.text_len, num_workers=config.data.get("num_workers", 0),
