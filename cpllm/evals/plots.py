@@ -94,6 +94,27 @@ def flip_rate_plot(flip_rate: Mapping[str, float | None], path: str,
   return _save(fig, path)
 
 
+def training_curves(rows, keys, path: str, title: str = "Training curves",
+                    window: int = 10) -> Plot:
+  """Each of `keys` against 'step' over rows (dicts, e.g. metrics.jsonl lines; rows without
+  the key are skipped), raw and as a trailing moving average over `window` steps."""
+  fig = _figure()
+  ax = fig.add_subplot()
+  for i, key in enumerate(keys):
+    points = sorted((r["step"], r[key]) for r in rows if r.get(key) is not None)
+    if not points:
+      continue
+    steps, values = (np.array(v, np.float64) for v in zip(*points))
+    smooth = np.array([values[max(0, j - window + 1):j + 1].mean()
+                       for j in range(len(values))])
+    ax.plot(steps, values, color=f"C{i}", lw=0.8, alpha=0.3)
+    ax.plot(steps, smooth, color=f"C{i}", lw=2, label=key)
+  ax.set(xlabel="step", title=f"{title} (lines: {window}-step mean)")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="best", fontsize="small")
+  return _save(fig, path)
+
+
 def _figure() -> Figure:
   return Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
 

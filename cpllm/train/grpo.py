@@ -25,6 +25,7 @@ and ranking reward and is counted (`parse_rate`), never given a made-up score.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -47,10 +48,13 @@ from cpllm.data import pipeline
 from cpllm.data import tokenizer as tokenizer_lib
 from cpllm.evals import evaluator
 from cpllm.evals import metrics as metrics_lib
+from cpllm.evals import plots
 from cpllm.models import cpllm
 from cpllm.train import sampler
 from cpllm.train import trainer
 
+REWARD_CURVES = ("reward_total", "reward_format", "reward_regression", "reward_ranking",
+                 "reward_temporal", "parse_rate")
 ANSWER_FORMAT = re.compile(r"\s*<think>.+?</think>\s*<answer>.+?</answer>\s*", re.DOTALL)
 
 # --------------------------------------------------------------------------- rewards
@@ -259,7 +263,8 @@ def video_rows(out, prompt, slot: int, repeat: int = 1) -> dict:
   """Single-video decoder inputs for slot `slot` of each example, each row `repeat` times.
 
   out: the encoders' 'ctx_tokens' [B, 2, M, T_h, D] and 'pix_tokens'; prompt: encoded
-  arrays [1, L]. Slot 1 is copied into both video slots and B's is masked out.
+  arrays [1, L]. The chosen slot fills both video slots and the second is masked out, as
+  in any single-video example.
   """
   b = out["ctx_tokens"].shape[0]
   take = lambda x: jnp.repeat(x[:, [slot, slot]], repeat, axis=0)
@@ -444,5 +449,11 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   manager.wait_until_finished()
   if eval_metrics is None and manager.latest_step() is not None:
     eval_metrics = evaluate(state, manager.latest_step())
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      rows = [json.loads(line) for line in f]
+    curves = plots.training_curves(rows, REWARD_CURVES, os.path.join(workdir, "rewards.png"),
+                                   title="GRPO rewards (training rollouts)")
+    writer.write_images(config.total_steps, {"grpo/rewards": curves.image[None]})
   writer.flush()
   return eval_metrics or {}

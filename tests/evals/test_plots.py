@@ -50,3 +50,13 @@ def test_figure_to_array():
   fig.add_subplot().plot([0, 1], [0, 1])
   image = P.figure_to_array(fig)
   assert image.shape == (50, 100, 3) and image.dtype == np.uint8
+
+
+def test_training_curves(tmp_path):
+  rng = np.random.default_rng(2)
+  rows = [dict(step=s, reward_total=0.8 + s / 300 + rng.normal(0, 0.1),
+               parse_rate=0.5 + s / 600) for s in range(1, 151)]
+  rows.insert(10, dict(step=10, eval_srcc=0.2))  # rows without the keys are skipped
+  path = tmp_path / "rewards.png"
+  _check_png(P.training_curves(rows, ("reward_total", "parse_rate", "absent"), str(path)),
+             path)

@@ -374,6 +374,7 @@ def test_grpo_from_the_supervised_run_trains_adapters_only(data_dir, trained, tm
     assert 1 <= row["response_length"] <= config.grpo.max_new_tokens
   # The first update starts at the reference: the k3 KL is exactly zero there.
   assert train_rows[1]["kl"] < 1e-6
+  assert os.path.getsize(os.path.join(workdir, "rewards.png")) > 10_000
 
   sft_step, sft = final_params(sft_dir)
   step, state = final_params(workdir)
