@@ -72,6 +72,7 @@ def fit_logistic(pred, mos, *, maxfev: int = 10_000) -> Fit:
   if np.ptp(pred) == 0:  # no slope or width can be fitted; the best map is the mean
     return Fit("constant", (float(mos.mean()),), "predictions are constant")
   p0 = (mos.max(), mos.min(), pred.mean(), pred.std())
+  line = None
   try:
     with warnings.catch_warnings():
       # Raised when the covariance of the parameters cannot be estimated; it is not used.
@@ -83,14 +84,16 @@ def fit_logistic(pred, mos, *, maxfev: int = 10_000) -> Fit:
       # A logistic contains (nearly) every line, so a least-squares optimum never fits worse
       # than the best line; when it does, curve_fit stopped in a poor local minimum
       # (e.g. flat on the data, which leaves PLCC undefined).
-      if _sse(fit, pred, mos) <= _sse(_linear(pred, mos), pred, mos) * (1 + 1e-6):
+      line = _linear(pred, mos)
+      if _sse(fit, pred, mos) <= _sse(line, pred, mos) * (1 + 1e-6):
         return fit
       reason = "stopped in a local minimum worse than a line"
   except RuntimeError as e:  # curve_fit's way of saying it did not converge
     reason = str(e)
-  line = _linear(pred, mos)
-  return Fit("linear", line.params, f"logistic fit failed ({reason}); fell back to a "
-                                    "linear fit")
+  if line is None:
+    line = _linear(pred, mos)
+  return dataclasses.replace(
+      line, message=f"logistic fit failed ({reason}); fell back to a linear fit")
 
 
 def _linear(pred, mos) -> Fit:
@@ -225,6 +228,12 @@ def parse_answer_score(text: str) -> float | None:
   return score if np.isfinite(score) else None  # a long digit string overflows to inf
 
 
+def answer_scores(texts: Sequence[str]) -> np.ndarray:
+  """float64[N]: parse_answer_score of each text, NaN where it finds none."""
+  scores = [parse_answer_score(t) for t in texts]
+  return np.array([np.nan if s is None else s for s in scores], np.float64)
+
+
 def answer_score_metrics(texts: Sequence[str], mos) -> dict:
   """parse_rate of parse_answer_score over texts [N], and correlations of the parsed scores
   with mos over the parsed subset (its size is `n`).
@@ -234,11 +243,10 @@ def answer_score_metrics(texts: Sequence[str], mos) -> dict:
   """
   (mos,) = _check("answer_score_metrics", mos=mos, min_n=1)
   _same_length("answer_score_metrics", texts=texts, mos=mos)
-  scores = [parse_answer_score(t) for t in texts]
-  ok = np.array([s is not None for s in scores], bool)
-  parsed = np.array([s for s in scores if s is not None], np.float64)
+  scores = answer_scores(texts)
+  ok = np.isfinite(scores)
   if ok.sum() >= 3:
-    corr = _correlations("answer_score_metrics", parsed, mos[ok])
+    corr = _correlations("answer_score_metrics", scores[ok], mos[ok])
   else:
     corr = dict.fromkeys(CORRELATION_KEYS, None) | dict(n=int(ok.sum()))
   return dict(parse_rate=float(ok.mean()), **corr)
@@ -266,11 +274,10 @@ def evaluate_predictions(pred, mos, source_ids, crf, *, is_source=None, level_sc
     out.update(prefixed(answer_metrics(texts, mos), "text"))
   if answer_texts is not None:
     out.update(prefixed(answer_score_metrics(answer_texts, mos), "answer"))
-    answers = [parse_answer_score(t) for t in answer_texts]
-    ok = np.array([a is not None for a in answers], bool)
-    out.update(prefixed(flip_rate(np.array([a for a in answers if a is not None]),
-                                  np.asarray(source_ids)[ok], np.asarray(crf)[ok], diffs),
-                        "answer"))
+    answers = answer_scores(answer_texts)
+    ok = np.isfinite(answers)
+    out.update(prefixed(flip_rate(answers[ok], np.asarray(source_ids)[ok],
+                                  np.asarray(crf)[ok], diffs), "answer"))
   return out
 
 

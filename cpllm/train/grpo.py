@@ -77,12 +77,6 @@ class Rewards:
   eps: float = 1e-8
 
 
-def answer_scores(texts) -> np.ndarray:
-  """float64[N]: the number in each text's last <answer> block, NaN where there is none."""
-  scores = [metrics_lib.parse_answer_score(t) for t in texts]
-  return np.array([np.nan if s is None else s for s in scores], np.float64)
-
-
 def format_reward(texts) -> np.ndarray:
   """float64[N]: 1 for '<think>...</think><answer>...</answer>' (whitespace around), else 0."""
   return np.array([float(ANSWER_FORMAT.fullmatch(t) is not None) for t in texts])
@@ -158,8 +152,9 @@ def score_responses(texts, perturbed_texts, mos, rewards: Rewards) -> dict[str, 
   mos = np.asarray(mos, np.float64)
   v = len(mos)
   shaped = lambda x: np.asarray(x).reshape(v, -1)
-  out = dict(format=shaped(format_reward(texts)), scores=shaped(answer_scores(texts)),
-             perturbed_scores=shaped(answer_scores(perturbed_texts)))
+  out = dict(format=shaped(format_reward(texts)),
+             scores=shaped(metrics_lib.answer_scores(texts)),
+             perturbed_scores=shaped(metrics_lib.answer_scores(perturbed_texts)))
   per_type = {}
   for key, s in (("original", out["scores"]), ("perturbed", out["perturbed_scores"])):
     per_type[key] = dict(
@@ -259,18 +254,18 @@ def make_rollout_fns(model: cpllm.CPLLM, config, eos_id: int):
   return encode, jax.jit(sample), logprobs
 
 
-def video_rows(out, prompt, slot: int, repeat: int = 1) -> dict:
-  """Single-video decoder inputs for slot `slot` of each example, each row `repeat` times.
+def video_rows(out, prompt, slot: int) -> dict:
+  """Single-video decoder inputs for slot `slot` of each example.
 
   out: the encoders' 'ctx_tokens' [B, 2, M, T_h, D] and 'pix_tokens'; prompt: encoded
   arrays [1, L]. The chosen slot fills both video slots and the second is masked out, as
   in any single-video example.
   """
   b = out["ctx_tokens"].shape[0]
-  take = lambda x: jnp.repeat(x[:, [slot, slot]], repeat, axis=0)
-  tile = lambda x: jnp.repeat(jnp.asarray(x), b * repeat, axis=0)
+  take = lambda x: x[:, [slot, slot]]
+  tile = lambda x: jnp.repeat(jnp.asarray(x), b, axis=0)
   return dict(ctx_tokens=take(out["ctx_tokens"]), pix_tokens=take(out["pix_tokens"]),
-              video_mask=jnp.tile(jnp.array([[True, False]]), (b * repeat, 1)),
+              video_mask=jnp.tile(jnp.array([[True, False]]), (b, 1)),
               text=tile(prompt["text"]), input_mask=tile(prompt["input_mask"]),
               mask_ar=tile(prompt["mask_ar"]))
 
@@ -290,7 +285,10 @@ def make_update_step(setup: trainer.Setup, config):
     params = trainer.combine(trainable, frozen)
     logp = response_logprobs(model, params, prefix_for(model, params, rollout),
                              rollout["tokens"], g.temperature)
-    return grpo_loss(logp, rollout["old_logp"], rollout["ref_logp"], rollout["advantages"],
+    # With one update per rollout the sampling policy is the one being trained: its
+    # log-probs are these, held constant (no second forward pass to compute them).
+    old_logp = rollout.get("old_logp", jax.lax.stop_gradient(logp))
+    return grpo_loss(logp, old_logp, rollout["ref_logp"], rollout["advantages"],
                      rollout["mask"], clip_eps=g.clip_eps, kl_beta=g.kl_beta)
 
   def step(state, rollout):
@@ -377,6 +375,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rewards_config = Rewards(**g.rewards)
   prompt = sampler.encode_prompts(tokenizer, [instructions.GRPO_PROMPT])
   k = g.num_samples
+  updates = g.get("updates_per_rollout", 1)
   rng = jax.random.PRNGKey(config.seed)
   eval_metrics = None
   try:
@@ -387,8 +386,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       out = encode(params, dict(ctx=batch["ctx"], patches=batch["patches"]))
       # Rows 0..N-1 the videos, N..2N-1 their perturbed copies; the sampler repeats each
       # K times, so response k of video i is row i * K + k.
-      both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]),
-                          video_rows(out, prompt, slot=0), video_rows(out, prompt, slot=1))
+      originals = video_rows(out, prompt, slot=0)
+      both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), originals,
+                          video_rows(out, prompt, slot=1))
       samples = sample(params, both, jax.random.fold_in(rng, step))
       tokens, lengths = host_array(samples["tokens"]), host_array(samples["lengths"])
       texts = evaluator.decode_tokens(tokenizer, tokens, lengths)
@@ -397,15 +397,16 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       scored = score_responses(texts[:half], texts[half:], mos, rewards_config)
       rollout_time = time.perf_counter() - start
 
-      rollout = video_rows(out, prompt, slot=0, repeat=k)
+      rollout = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), originals)
       rollout.update(
           tokens=samples["tokens"][:half],
           mask=jnp.arange(tokens.shape[1])[None] < samples["lengths"][:half, None],
           advantages=jnp.asarray(group_advantages(scored["total"]).reshape(-1), jnp.float32))
-      rollout["old_logp"] = logprobs(params, rollout)
+      if updates > 1:  # later updates need the sampling policy's log-probs fixed
+        rollout["old_logp"] = logprobs(params, rollout)
       rollout["ref_logp"] = logprobs(trainer.combine(state["reference"], state["frozen"]),
                                      rollout)
-      for _ in range(g.get("updates_per_rollout", 1)):
+      for _ in range(updates):
         state, metrics = update(state, rollout)
         if not bool(metrics["finite"]):
           raise FloatingPointError(

@@ -164,12 +164,11 @@ def create_state(config, model: cpllm.CPLLM, spec, mesh, rng, load_params=None):
     if load_params is None:
       params = jax.jit(lambda r: nn.unbox(model.init(r, zeros()))["params"],
                        out_shardings=param_sh)(rng)
+  init_paths = {k: v for k, v in config.get("init", {}).items() if v}
   if load_params is not None:
     params = load_params(param_sh)
-  else:
-    init_paths = {k: v for k, v in config.get("init", {}).items() if v}
-    if init_paths:
-      params = checkpoints.load_pretrained(params, **init_paths)
+  elif init_paths:
+    params = checkpoints.load_pretrained(params, **init_paths)
 
   mults = lr_multipliers(params, param_rules(config))
   trainable, frozen = partition(params, mults)

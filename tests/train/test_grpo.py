@@ -11,6 +11,7 @@ import pytest
 
 from cpllm import configs
 from cpllm.models import cpllm
+from cpllm.evals import metrics
 from cpllm.train import grpo
 from cpllm.train import sampler
 from tests.models.test_cpllm import make_batch
@@ -34,7 +35,7 @@ def test_format_reward():
 
 
 def test_answer_scores_and_regression_reward():
-  scores = grpo.answer_scores(["<answer>3</answer>", "<answer>3.5</answer>",
+  scores = metrics.answer_scores(["<answer>3</answer>", "<answer>3.5</answer>",
                                "<answer>good</answer>", "3.0"])
   np.testing.assert_array_equal(np.isnan(scores), [False, False, True, True])
   reward = grpo.regression_reward(scores, 3.0, sigma=0.5, alpha=0.8)
