@@ -15,6 +15,9 @@ version for tests.
 
 import ml_collections
 
+# None until given: a placeholder is typed, so --config.x=/some/path can still set it.
+path = lambda: ml_collections.config_dict.placeholder(str)
+
 DATA_DIR = "runs/data"
 
 
@@ -43,11 +46,11 @@ def get_config(arg: str | None = None):
   config.data = dict(name="demo_videos", data_dir=DATA_DIR, train_split="train",
                      eval_split="test", mix=dict(single=1.0, same_source=1.0, cross=1.0),
                      level_rate=0.3, reason_rate=0.4, num_workers=0 if smoke else 2)
-  config.tokenizer = None  # the demo_videos build ships its own tokenizer.model
+  config.tokenizer = path()  # the demo_videos build ships its own tokenizer.model
   config.context_encoder = "all"
   config.train_decoder_base = True
   config.param_rules = None  # derived from context_encoder and LoRA; see trainer.param_rules
-  config.init = dict(siglip=None, paligemma=None, gemma=None, pix_vit=None)
+  config.init = dict(siglip=path(), paligemma=path(), gemma=path(), pix_vit=path())
   config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0)
 
   config.batch_size = 4 if smoke else 16
@@ -57,6 +60,7 @@ def get_config(arg: str | None = None):
   config.warmup_steps = 2 if smoke else 50
   config.grad_clip = 1.0
   config.mesh = (-1, 1, 1)
+  config.distributed = False  # True: jax.distributed.initialize() (every host of a pod)
 
   config.log_every = 2 if smoke else 25
   config.checkpoint_every = 3 if smoke else 100
@@ -66,3 +70,13 @@ def get_config(arg: str | None = None):
   config.eval_describe = 2 if smoke else 8
   config.describe_tokens = 16 if smoke else 160  # a full SIG description, level included
   return config
+
+
+def sweep():
+  """`python -m launch.sweep --config=configs/demo.py`: the demo itself, the learning rate a
+  factor ~3 either side, and the pairwise and text losses each switched off."""
+  yield {}
+  for lr in (3e-4, 3e-3):
+    yield {"lr": lr}
+  for loss in ("pair", "text"):
+    yield {f"loss_weights.{loss}": 0.0}

@@ -48,6 +48,7 @@ def get_config(arg: str | None = None):
   config.warmup_steps = 0
   config.grad_clip = 1.0
   config.mesh = (-1, 1, 1)
+  config.distributed = False  # True: jax.distributed.initialize() (every host of a pod)
 
   config.log_every = 1 if smoke else 10
   config.checkpoint_every = 2 if smoke else 50

@@ -13,6 +13,9 @@ README). The paper trains 500 epochs; `total_steps` is the budget in steps at ba
 
 import ml_collections
 
+# None until given: a placeholder is typed, so --config.x=/some/path can still set it.
+path = lambda: ml_collections.config_dict.placeholder(str)
+
 
 def get_config(arg: str | None = None):
   decoder_variant = {None: "gemma_2b", "": "gemma_2b", "gemma1": "gemma_2b",
@@ -37,15 +40,15 @@ def get_config(arg: str | None = None):
   config.text_len = 512
   config.seed = 0
   # LSVQ with its compression variants (build: data_builders/crf_variants over LSVQ).
-  config.data = dict(name="crf_variants", data_dir=None, train_split="train",
+  config.data = dict(name="crf_variants", data_dir=path(), train_split="train",
                      eval_split="test", mix=dict(single=1.0, same_source=1.0, cross=1.0),
                      level_rate=0.3, reason_rate=0.0, num_workers=8)  # > 0 before GRPO
-  config.tokenizer = None  # Path to Gemma's tokenizer.model (sentencepiece); required.
+  config.tokenizer = path()  # Path to Gemma's tokenizer.model (sentencepiece); required.
   config.context_encoder = "frozen"  # frozen | head | all
   config.train_decoder_base = False  # LoRA only
   config.param_rules = None
   # Public checkpoints to start from (None: random init). Paths, not downloads.
-  config.init = dict(siglip=None, paligemma=None, gemma=None, pix_vit=None)
+  config.init = dict(siglip=path(), paligemma=path(), gemma=path(), pix_vit=path())
   config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0)
 
   config.batch_size = 128
@@ -55,6 +58,7 @@ def get_config(arg: str | None = None):
   config.warmup_steps = 1000
   config.grad_clip = 1.0
   config.mesh = (-1, 1, 1)
+  config.distributed = False  # True: jax.distributed.initialize() (every host of a pod)
 
   config.log_every = 50
   config.checkpoint_every = 1000

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 
 import ml_collections
+from etils import epath
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -27,3 +29,12 @@ def load_module(path: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module
+
+
+def resolve_path(path: str) -> epath.Path:
+  """A workdir or data path from a config or flag: local paths made absolute (orbax needs
+  them so), URLs such as gs://bucket/run kept as they are (read and written through epath,
+  i.e. TensorFlow's gfile)."""
+  if "://" in str(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(path))

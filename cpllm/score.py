@@ -36,8 +36,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import tqdm
+from etils import epath
 from flax import linen as nn
 
+from cpllm import configs
 from cpllm.data import build_utils
 from cpllm.data import instructions
 from cpllm.data import pipeline
@@ -54,11 +56,10 @@ COMPARE_PROMPT = instructions.COMPARE_QUESTIONS[0]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def restore_params(workdir: str, config, model: cpllm.CPLLM, step: int | None = None,
@@ -70,7 +71,7 @@ def restore_params(workdir: str, config, model: cpllm.CPLLM, step: int | None = 
   `shardings` (a tree like the params) places them, default the first local device.
   Returns (params, step).
   """
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
+  manager = ocp.CheckpointManager(configs.resolve_path(workdir) / "checkpoints")
   steps = manager.all_steps()
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")

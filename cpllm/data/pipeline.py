@@ -35,14 +35,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import glob
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
+from etils import epath
 
 from cpllm.data import features
 from cpllm.data import instructions
@@ -129,22 +128,26 @@ def read_metadata(source: Sequence[Mapping[str, Any]]) -> Metadata:
 
 
 def dataset_dir(name: str, data_dir: str) -> str:
-  """The newest built version directory of dataset `name` under data_dir."""
-  infos = sorted(glob.glob(os.path.join(data_dir, name, "**", "dataset_info.json"),
-                           recursive=True))
+  """The newest built version directory of dataset `name` under data_dir (local or gs://).
+
+  TFDS lays builds out as name/version/ or name/config/version/.
+  """
+  root = epath.Path(data_dir) / name
+  infos = sorted(str(p) for pattern in ("*/dataset_info.json", "*/*/dataset_info.json")
+                 for p in root.glob(pattern))
   if not infos:
     raise FileNotFoundError(f"no built dataset '{name}' under {data_dir} (build it with "
                             f"`tfds build data_builders/{name} --data_dir={data_dir}`)")
-  return os.path.dirname(infos[-1])
+  return str(epath.Path(infos[-1]).parent)
 
 
 def dataset_tokenizer(name: str, data_dir: str) -> str:
   """Path of the tokenizer.model a dataset build stored beside its records (the demo's)."""
-  path = os.path.join(dataset_dir(name, data_dir), "tokenizer.model")
-  if not os.path.exists(path):
+  path = epath.Path(dataset_dir(name, data_dir)) / "tokenizer.model"
+  if not path.exists():
     raise FileNotFoundError(f"{path} does not exist: dataset '{name}' ships no tokenizer; "
                             "set config.tokenizer to a sentencepiece model")
-  return path
+  return str(path)
 
 
 def _label_fields(example) -> dict[str, Any]:
@@ -286,14 +289,27 @@ class LoadExample(grain.transforms.Map):
         video_mask=np.array([True, plan["kind"] != PairKind.SINGLE]),
         mos=meta.mos[[a, b]], is_original=meta.is_original[[a, b]], crf=meta.crf[[a, b]],
         index=np.array([a, b], np.int32), pair_kind=np.int32(plan["kind"]),
-        task=np.int32(plan["task"]), truncated=np.bool_(truncated), valid=np.bool_(True),
+        task=np.int32(plan["task"]), truncated=np.bool_(truncated),
+        valid=np.bool_(plan.get("valid", True)),
         **text)
 
 
-def _shard(ds: grain.MapDataset, shard_index: int, shard_count: int) -> grain.MapDataset:
+def _check_shard(shard_index: int, shard_count: int) -> None:
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard {shard_index} of {shard_count}")
-  return ds[shard_index::shard_count]
+
+
+def _host_batches(ds: grain.MapDataset, batch_size: int, shard_index: int,
+                  shard_count: int) -> grain.IterDataset:
+  """This host's rows of every global batch of an endless per-example stream.
+
+  Host p of P gets rows [p * b, (p + 1) * b) of each global batch of P * b examples, so
+  the global batches do not depend on how many hosts share them (a 2-process run sees
+  exactly the batches of a 1-process run). Grain datasets are lazy: a host loads only its
+  own rows.
+  """
+  _check_shard(shard_index, shard_count)
+  return ds.batch(batch_size)[shard_index::shard_count].to_iter_dataset()
 
 
 def _prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
@@ -306,13 +322,12 @@ def train_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frame
                   text_len: int, batch_size: int, seed: int, mix: Mix = Mix(),
                   level_rate: float = 0.3, reason_rate: float = 0.0, num_workers: int = 0,
                   shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
-  """Endless, shuffled, batched training examples for this host (batch_size is per host)."""
-  ds = grain.MapDataset.range(len(meta))
-  ds = _shard(ds, shard_index, shard_count).shuffle(seed=seed).repeat()
+  """Endless, shuffled, batched training examples: this host's `batch_size` rows of each
+  global batch of `batch_size * shard_count` (see _host_batches)."""
+  ds = grain.MapDataset.range(len(meta)).shuffle(seed=seed).repeat()
   ds = ds.random_map(PlanPair(meta, mix, level_rate, reason_rate), seed=seed)
   ds = ds.map(LoadExample(records, meta, tokenizer, model_config, num_frames, text_len))
-  ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
-  return _prefetch(ds, num_workers)
+  return _prefetch(_host_batches(ds, batch_size, shard_index, shard_count), num_workers)
 
 
 def _pad_batch(batch, batch_size: int):
@@ -330,11 +345,16 @@ def eval_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frames
                  text_len: int, batch_size: int, num_workers: int = 0, shard_index: int = 0,
                  shard_count: int = 1) -> grain.IterDataset:
   """Every record of this host's shard once, in order, as a single video with the level
-  prompt (so the level-token score is read). The last batch is padded; `valid` marks
-  real rows."""
-  ds = _shard(grain.MapDataset.range(len(meta)), shard_index, shard_count)
-  ds = ds.map(lambda i: dict(a=int(i), b=int(i), kind=int(PairKind.SINGLE),
-                             task=int(Task.LEVEL), text_seed=0))
+  prompt (so the level-token score is read). `valid` marks real rows: the last batch is
+  padded, and so is a shard one record short of the others, so that every host runs the
+  same number of batches (the evaluation's collectives need all of them)."""
+  _check_shard(shard_index, shard_count)
+  n = len(meta)
+  per_host = -(-n // shard_count)
+  ds = grain.MapDataset.range(per_host * shard_count)[shard_index::shard_count]
+  ds = ds.map(lambda i: dict(a=min(int(i), n - 1), b=min(int(i), n - 1),
+                             kind=int(PairKind.SINGLE), task=int(Task.LEVEL), text_seed=0,
+                             valid=int(i) < n))
   ds = ds.map(LoadExample(records, meta, tokenizer, model_config, num_frames, text_len))
   ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=False)
   ds = ds.map(functools.partial(_pad_batch, batch_size=batch_size))
@@ -384,9 +404,7 @@ def grpo_dataset(records, meta: Metadata, *, model_config, num_frames: int,
   the perturbed frames), mos float32[B], index int32[B], perturbation int32[B] (index into
   `kinds`), perturbed_order int32[B, M] (which key frame each perturbed slot shows).
   """
-  ds = grain.MapDataset.range(len(meta))
-  ds = _shard(ds, shard_index, shard_count).shuffle(seed=seed).repeat()
+  ds = grain.MapDataset.range(len(meta)).shuffle(seed=seed).repeat()
   ds = ds.random_map(LoadPerturbedPair(records, meta, model_config, num_frames, kinds,
                                        strength), seed=seed)
-  ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
-  return _prefetch(ds, num_workers)
+  return _prefetch(_host_batches(ds, batch_size, shard_index, shard_count), num_workers)

@@ -1,7 +1,8 @@
 """Evaluation of a CP-LLM on held-out videos: scores, level-token scores and descriptions.
 
-`evaluate(params, step=..., ...)` runs every evaluation record once (each host its shard),
-gathers the predictions, computes the metrics of cpllm.evals.metrics and writes
+`evaluate(params, step=..., ...)` runs every evaluation record once (each host feeds its
+shard's rows of each global batch, sharded over the mesh like training batches), gathers
+the predictions on every host, computes the metrics of cpllm.evals.metrics and writes
 
   workdir/eval/<step>/metrics.json     all metrics (JSON)
   workdir/eval/<step>/scatter.png      predicted score vs MOS with the fitted logistic
@@ -16,13 +17,13 @@ and logs the scalars and both plots to TensorBoard.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
+from etils import epath
 
+from cpllm import sharding
 from cpllm.data import features
 from cpllm.data import instructions
 from cpllm.data import pipeline
@@ -48,7 +49,8 @@ def reference_records(meta: pipeline.Metadata) -> np.ndarray:
 
 def generate_tokens(model, params, out, video_mask, generate, prompts):
   """Greedy continuations of `prompts` (encoded arrays, one row per example) about the
-  first video of each row -> (tokens int32[B, N], lengths int32[B]) as NumPy.
+  first video of each row -> (tokens int32[B, N], lengths int32[B]) as NumPy on every
+  host.
 
   `generate` is a `sampler.make_generate` function, built once per evaluation so it
   compiles once.
@@ -56,8 +58,8 @@ def generate_tokens(model, params, out, video_mask, generate, prompts):
   prefix = model.apply({"params": params}, out["ctx_tokens"], out["pix_tokens"], video_mask,
                        prompts["text"], prompts["input_mask"], prompts["mask_ar"],
                        method=model.decoder_inputs)
-  result = jax.device_get(generate({"params": params}, *prefix))
-  return np.asarray(result["tokens"]), np.asarray(result["lengths"])
+  result = generate({"params": params}, *prefix)
+  return sharding.to_host(result["tokens"]), sharding.to_host(result["lengths"])
 
 
 def decode_tokens(tokenizer, tokens, lengths) -> list[str]:
@@ -66,31 +68,25 @@ def decode_tokens(tokenizer, tokens, lengths) -> list[str]:
           for row, n in zip(tokens, lengths)]
 
 
-def _gather(values: np.ndarray) -> np.ndarray:
-  if jax.process_count() == 1:
-    return values
-  return np.asarray(multihost_utils.process_allgather(values)).reshape(
-      (-1,) + values.shape[1:])
-
-
 def load_metrics(workdir: str, step: int) -> dict | None:
-  path = os.path.join(workdir, "eval", str(step), "metrics.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  path = epath.Path(workdir) / "eval" / str(step) / "metrics.json"
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, tokenizer,
              config, workdir: str, writer, mesh) -> dict[str, Any]:
-  """Evaluates `params` on the evaluation split; returns the metrics dict."""
-  del mesh  # Evaluation batches are small; they run replicated.
+  """Evaluates `params` on the evaluation split; returns the metrics dict (on every host).
+
+  `config.eval_batch_size` is global, like `config.batch_size`.
+  """
   batch_size = config.get("eval_batch_size", config.batch_size)
+  batch_sharding = sharding.batch_sharding(mesh, batch_size, "eval_batch_size")
+  shard_index, shard_count = sharding.process_rows(batch_sharding, batch_size)
   dataset = pipeline.eval_dataset(
       records, meta, tokenizer, model_config=config.model, num_frames=config.num_frames,
-      text_len=config.text_len, batch_size=batch_size,
-      num_workers=config.data.get("num_workers", 0), shard_index=jax.process_index(),
-      shard_count=jax.process_count())
+      text_len=config.text_len, batch_size=batch_size // shard_count,
+      num_workers=config.data.get("num_workers", 0), shard_index=shard_index,
+      shard_count=shard_count)
   apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
   describe_left = config.get("eval_describe", 8)
   generate = sampler.make_generate(model, max_new_tokens=config.get("describe_tokens", 64),
@@ -105,12 +101,13 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
   indices, scores, level_scores, texts, text_indices = [], [], [], [], []
   answer_rows, answer_lengths = [], []
   batches = iter(dataset)
-  for batch in batches:
+  for host_batch in batches:
+    batch = sharding.global_batch(host_batch, batch_sharding)
     out = apply(params, batch)
-    valid = batch["valid"]
-    indices.append(batch["index"][valid, 0])
-    scores.append(np.asarray(out["score"])[valid, 0])
-    level_scores.append(np.asarray(out["level_score"])[valid])
+    valid, index = sharding.to_host(batch["valid"]), sharding.to_host(batch["index"])
+    indices.append(index[valid, 0])
+    scores.append(sharding.to_host(out["score"])[valid, 0])
+    level_scores.append(sharding.to_host(out["level_score"])[valid])
     if answer_len:
       tokens, lengths = generate_tokens(model, params, out, batch["video_mask"],
                                         generate_answer, answer_prompts)
@@ -121,49 +118,47 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
           model, params, out, batch["video_mask"], generate, describe_prompts))
       keep = np.flatnonzero(valid)[:describe_left]
       texts += [described[i] for i in keep]
-      text_indices += batch["index"][keep, 0].tolist()
+      text_indices += index[keep, 0].tolist()
       describe_left -= len(keep)
   batches.close()  # frees the prefetch workers' shared memory now, not at exit
 
-  index = _gather(np.concatenate(indices))
+  index = np.concatenate(indices)
   order = np.argsort(index)
   index = index[order]
-  pred = _gather(np.concatenate(scores))[order]
-  level = _gather(np.concatenate(level_scores))[order]
+  pred = np.concatenate(scores)[order]
+  level = np.concatenate(level_scores)[order]
   mos = meta.mos[index]
   answer_texts = None
-  if answer_len:  # gathered as tokens: text does not travel between hosts
-    answer_texts = decode_tokens(tokenizer,
-                                 _gather(np.concatenate(answer_rows))[order],
-                                 _gather(np.concatenate(answer_lengths))[order])
+  if answer_len:
+    answer_texts = decode_tokens(tokenizer, np.concatenate(answer_rows)[order],
+                                 np.concatenate(answer_lengths)[order])
   result = metrics_lib.evaluate_predictions(
       pred, mos, meta.source_ids[index], meta.crf[index],
       is_source=reference_records(meta)[index], level_score=level,
       answer_texts=answer_texts)
-  if texts:  # Descriptions are generated on host 0's share only (a few videos).
+  if texts:  # Descriptions of the first `eval_describe` videos only (sampling is slow).
     result.update(metrics_lib.prefixed(
         metrics_lib.answer_metrics(texts, meta.mos[text_indices]), "text"))
   result["step"] = step
 
   if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval", str(step))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-      json.dump(result, f, indent=2, sort_keys=True)
-    with open(os.path.join(out_dir, "descriptions.jsonl"), "w") as f:
+    out_dir = epath.Path(workdir) / "eval" / str(step)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    with (out_dir / "descriptions.jsonl").open("w") as f:
       for i, text in zip(text_indices, texts):
         f.write(json.dumps(dict(id=str(meta.ids[i]), mos=float(meta.mos[i]),
                                 description=text)) + "\n")
     if answer_texts is not None:
-      with open(os.path.join(out_dir, "answers.jsonl"), "w") as f:
+      with (out_dir / "answers.jsonl").open("w") as f:
         for i, text in zip(index, answer_texts):
           f.write(json.dumps(dict(id=str(meta.ids[i]), mos=float(meta.mos[i]),
                                   answer=metrics_lib.parse_answer_score(text),
                                   response=text)) + "\n")
     scatter = plots.scatter_with_logistic(
-        pred, mos, os.path.join(out_dir, "scatter.png"),
+        pred, mos, str(out_dir / "scatter.png"),
         title=f"Predicted score vs MOS, step {step}")
-    flips = plots.flip_rate_plot(result["flip_rate"], os.path.join(out_dir, "flip_rate.png"),
+    flips = plots.flip_rate_plot(result["flip_rate"], str(out_dir / "flip_rate.png"),
                                  ties=result["flip_ties"],
                                  title=f"Flip rate vs CRF difference, step {step}")
     writer.write_scalars(step, {f"eval/{k}": v for k, v in _scalars(result).items()})

@@ -37,9 +37,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import grain
-from jax.experimental import multihost_utils
 from scipy import stats
 
+from cpllm import configs
 from cpllm import score
 from cpllm import sharding
 from cpllm.data import instructions
@@ -270,13 +270,6 @@ def video_rows(out, prompt, slot: int) -> dict:
               mask_ar=tile(prompt["mask_ar"]))
 
 
-def host_array(x) -> np.ndarray:
-  """A global jax.Array as NumPy on every host (an all-gather across processes)."""
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(x))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def make_update_step(setup: trainer.Setup, config):
   """One jitted PPO update on a rollout: gradient of grpo_loss for the trainable params."""
   model, optimizer, g = setup.model, setup.optimizer, config.grpo
@@ -304,31 +297,30 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """GRPO from the supervised run in config.grpo.init_workdir; returns the last evaluation."""
   config = ml_collections.ConfigDict(config.to_dict())
   g = config.grpo
-  init_workdir = os.path.abspath(g.init_workdir)
+  workdir = configs.resolve_path(workdir)
+  init_workdir = str(configs.resolve_path(g.init_workdir))
   sft_config = score.load_config(init_workdir)
   config.model = sft_config.model.to_dict()  # the checkpoint fixes the architecture
   config.model["level_token_ids"] = tuple(config.model["level_token_ids"])
   config.num_frames = sft_config.num_frames
-  data_dir = os.path.abspath(config.data.data_dir)
+  data_dir = str(configs.resolve_path(config.data.data_dir))
   tokenizer = tokenizer_lib.Tokenizer(os.path.join(init_workdir, score.TOKENIZER_FILE))
   trainer.write_run_files(config, workdir, tokenizer)
   trainer.log_line(f"GRPO workdir {workdir}, from {init_workdir}")
 
+  mesh = sharding.make_mesh(config.get("mesh", (-1, 1, 1)))
+  shard_index, shard_count = sharding.process_rows(
+      sharding.batch_sharding(mesh, config.batch_size, "batch_size (videos per GRPO step)"),
+      config.batch_size)
   (records, meta), (eval_records, eval_meta) = trainer.open_splits(config, data_dir)
   kinds = tuple(perturb.Perturbation(k) if isinstance(k, str) else k for k in g.perturbations)
   videos = iter(pipeline.grpo_dataset(
       records, meta, model_config=config.model, num_frames=config.num_frames,
-      batch_size=config.batch_size // jax.process_count(), seed=config.seed, kinds=kinds,
+      batch_size=config.batch_size // shard_count, seed=config.seed, kinds=kinds,
       strength=g.perturb_strength, num_workers=config.data.get("num_workers", 0),
-      shard_index=jax.process_index(), shard_count=jax.process_count()))
+      shard_index=shard_index, shard_count=shard_count))
 
   model = cpllm.CPLLM(**config.model)
-  mesh = sharding.make_mesh(config.get("mesh", (-1, 1, 1)))
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.batch_size % batch_shards:
-    raise ValueError(f"batch_size {config.batch_size} (videos per GRPO step) does not split "
-                     f"over the mesh's {batch_shards} batch shards (data x fsdp of "
-                     f"{dict(mesh.shape)})")
   spec = pipeline.example_spec(config.model, config.num_frames, config.text_len,
                                config.batch_size)
   restored = {}
@@ -381,7 +373,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     for step in range(int(state["step"]) + 1, config.total_steps + 1):
       start = time.perf_counter()
-      batch = trainer.device_batch(next(videos), setup.batch_sharding)
+      batch = sharding.global_batch(next(videos), setup.batch_sharding)
       params = params_of(state)
       out = encode(params, dict(ctx=batch["ctx"], patches=batch["patches"]))
       # Rows 0..N-1 the videos, N..2N-1 their perturbed copies; the sampler repeats each
@@ -390,10 +382,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), originals,
                           video_rows(out, prompt, slot=1))
       samples = sample(params, both, jax.random.fold_in(rng, step))
-      tokens, lengths = host_array(samples["tokens"]), host_array(samples["lengths"])
+      tokens, lengths = sharding.to_host(samples["tokens"]), sharding.to_host(samples["lengths"])
       texts = evaluator.decode_tokens(tokenizer, tokens, lengths)
       half = len(texts) // 2
-      mos = host_array(batch["mos"])
+      mos = sharding.to_host(batch["mos"])
       scored = score_responses(texts[:half], texts[half:], mos, rewards_config)
       rollout_time = time.perf_counter() - start
 
@@ -451,9 +443,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if eval_metrics is None and manager.latest_step() is not None:
     eval_metrics = evaluate(state, manager.latest_step())
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      rows = [json.loads(line) for line in f]
-    curves = plots.training_curves(rows, REWARD_CURVES, os.path.join(workdir, "rewards.png"),
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    curves = plots.training_curves(rows, REWARD_CURVES, str(workdir / "rewards.png"),
                                    title="GRPO rewards (training rollouts)")
     writer.write_images(config.total_steps, {"grpo/rewards": curves.image[None]})
   writer.flush()

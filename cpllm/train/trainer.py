@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
-import shutil
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -33,8 +31,10 @@ from absl import logging
 from clu import metric_writers
 from clu import parameter_overview
 from clu import periodic_actions
+from etils import epath
 from flax import traverse_util
 
+from cpllm import configs
 from cpllm import sharding
 from cpllm.data import pipeline
 from cpllm.data import tokenizer as tokenizer_lib
@@ -185,7 +185,7 @@ def create_state(config, model: cpllm.CPLLM, spec, mesh, rng, load_params=None):
                trainable=trainable, frozen=frozen, opt_state=opt_state)
   state_sh = dict(step=replicated, trainable=trainable_sh, frozen=frozen_sh,
                   opt_state=opt_sh)
-  batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  batch_sh = sharding.batch_sharding(mesh, jax.tree.leaves(spec)[0].shape[0])
   return state, Setup(model, mesh, mults, optimizer, state_sh, batch_sh)
 
 
@@ -226,20 +226,14 @@ def make_train_step(setup: Setup, loss_weights: Mapping[str, float]):
                  out_shardings=(setup.state_shardings, None), donate_argnums=(0,))
 
 
-def device_batch(batch, sharding_: jax.sharding.NamedSharding):
-  """This host's NumPy batch -> global jax.Arrays sharded over the batch axis."""
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding_, x), batch)
-
-
 def config_to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 
 
-def write_config(config, workdir: str) -> None:
+def write_config(config, workdir: epath.Path) -> None:
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_to_json(config))
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config_to_json(config))
 
 
 def format_eta(seconds: float) -> str:
@@ -260,12 +254,12 @@ def log_line(text: str) -> None:
 class JsonlWriter(metric_writers.MetricWriter):
   """Appends one JSON object per written step to `metrics.jsonl` (scalars only)."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: epath.Path):
     self._path = path
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    with open(self._path, "a") as f:
+    with self._path.open("a") as f:
       f.write(json.dumps(row) + "\n")
 
   def write_summaries(self, step, values, metadata=None):
@@ -296,18 +290,18 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
-def make_writer(workdir: str) -> metric_writers.MetricWriter:
+def make_writer(workdir: epath.Path) -> metric_writers.MetricWriter:
   """TensorBoard events + metrics.jsonl on process 0; logging only elsewhere."""
   if jax.process_index() != 0:
     return metric_writers.LoggingWriter()
   return metric_writers.MultiWriter([
-      metric_writers.SummaryWriter(workdir),
-      JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+      metric_writers.SummaryWriter(str(workdir)), JsonlWriter(workdir / "metrics.jsonl")])
 
 
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: epath.Path, config) -> ocp.CheckpointManager:
+  """Every process writes its own shards of the state; orbax coordinates them."""
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      workdir / "checkpoints",
       options=ocp.CheckpointManagerOptions(
           max_to_keep=config.get("keep_checkpoints", 2), enable_async_checkpointing=True))
 
@@ -331,30 +325,31 @@ def resolve_tokenizer(config, data_dir: str) -> tokenizer_lib.Tokenizer:
   return tokenizer_lib.Tokenizer(path)
 
 
-def write_run_files(config, workdir: str, tokenizer: tokenizer_lib.Tokenizer) -> None:
+def write_run_files(config, workdir: epath.Path,
+                    tokenizer: tokenizer_lib.Tokenizer) -> None:
   """config.json and the tokenizer (scoring and export read the run's own) on process 0."""
   write_config(config, workdir)
   if jax.process_index() == 0:
-    shutil.copyfile(tokenizer.path, os.path.join(workdir, "tokenizer.model"))
+    (workdir / "tokenizer.model").write_bytes(epath.Path(tokenizer.path).read_bytes())
 
 
 def open_splits(config, data_dir: str):
-  """((records, meta) of the training split, the same of the evaluation split), after
-  checking that the global batch splits over the processes."""
-  if config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size {config.batch_size} does not split over "
-                     f"{jax.process_count()} processes")
+  """((records, meta) of the training split, the same of the evaluation split)."""
   return (pipeline.open_split(config.data.name, config.data.train_split, data_dir),
           pipeline.open_split(config.data.name, config.data.eval_split, data_dir))
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) and evaluates; returns the last evaluation's metrics."""
+  """Trains (or resumes) and evaluates; returns the last evaluation's metrics.
+
+  `workdir` and `config.data.data_dir` may be local paths or gs:// URLs.
+  """
   config = ml_collections.ConfigDict(config.to_dict())
+  workdir = configs.resolve_path(workdir)
   if not config.data.get("data_dir"):
     raise ValueError("config.data.data_dir is not set: pass --config.data.data_dir=DIR, the "
                      f"--data_dir the '{config.data.name}' dataset was built into")
-  data_dir = os.path.abspath(config.data.data_dir)
+  data_dir = str(configs.resolve_path(config.data.data_dir))
   tokenizer = resolve_tokenizer(config, data_dir)
   if tokenizer.vocab_size > config.model["decoder"].get("vocab_size", tokenizer.vocab_size):
     raise ValueError(f"the tokenizer has {tokenizer.vocab_size} pieces but the decoder's "
@@ -365,24 +360,23 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   log_line(f"workdir {workdir}; config and tokenizer written to config.json, "
            "tokenizer.model")
 
+  mesh = sharding.make_mesh(config.get("mesh", (-1, 1, 1)))
+  # Each process feeds the rows of every global batch its devices hold.
+  shard_index, shard_count = sharding.process_rows(
+      sharding.batch_sharding(mesh, config.batch_size), config.batch_size)
   (records, meta), (eval_records, eval_meta) = open_splits(config, data_dir)
-  host_batch = config.batch_size // jax.process_count()
-  data_kwargs = dict(model_config=config.model, num_frames=config.num_frames,
-                     text_len=config.text_len, num_workers=config.data.get("num_workers", 0),
-                     shard_index=jax.process_index(), shard_count=jax.process_count())
   train_iter = iter(pipeline.train_dataset(
-      records, meta, tokenizer, batch_size=host_batch, seed=config.seed,
-      mix=pipeline.Mix(**config.data.mix), level_rate=config.data.level_rate,
-      reason_rate=config.data.get("reason_rate", 0.0), **data_kwargs))
+      records, meta, tokenizer, model_config=config.model, num_frames=config.num_frames,
+      text_len=config.text_len, batch_size=config.batch_size // shard_count,
+      seed=config.seed, mix=pipeline.Mix(**config.data.mix),
+      level_rate=config.data.level_rate, reason_rate=config.data.get("reason_rate", 0.0),
+      num_workers=config.data.get("num_workers", 0), shard_index=shard_index,
+      shard_count=shard_count))
   log_line(f"data: {len(meta)} training and {len(eval_meta)} evaluation videos "
-           f"({config.data.name} in {data_dir})")
+           f"({config.data.name} in {data_dir}); process {jax.process_index()} of "
+           f"{jax.process_count()} feeds block {shard_index} of {shard_count} of each batch")
 
   model = cpllm.CPLLM(**config.model)
-  mesh = sharding.make_mesh(config.get("mesh", (-1, 1, 1)))
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.batch_size % batch_shards:
-    raise ValueError(f"batch_size {config.batch_size} does not split over the mesh's "
-                     f"{batch_shards} batch shards (data x fsdp of {dict(mesh.shape)})")
   example = pipeline.example_spec(config.model, config.num_frames, config.text_len,
                                   config.batch_size)
   state, setup = create_state(config, model, example, mesh,
@@ -411,8 +405,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     for step in range(first_step, config.total_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = train_step(state, device_batch(next(train_iter),
-                                                        setup.batch_sharding))
+        batch = sharding.global_batch(next(train_iter), setup.batch_sharding)
+        state, metrics = train_step(state, batch)
       window.append(metrics)
       if not bool(metrics["finite"]):
         manager.wait_until_finished()

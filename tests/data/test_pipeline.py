@@ -145,20 +145,48 @@ def test_restored_iterator_continues_exactly(data, tokenizer, workers):
       np.testing.assert_array_equal(got[key], w[key], err_msg=key)
 
 
-def test_eval_covers_each_shard_once_with_padding(data, tokenizer):
+@pytest.mark.parametrize("hosts,valid_per_batch", [(2, [5, 1]), (5, None)])
+def test_eval_covers_each_shard_once_with_padding(data, tokenizer, hosts, valid_per_batch):
+  """12 records over 5 hosts: hosts 0 and 1 get 3 records, the others 2 and a padding row,
+  and every host runs the same number of batches."""
   records, meta = data
-  seen = []
-  for shard in range(2):
-    eval_kwargs = kwargs(batch_size=5, shard_index=shard, shard_count=2)
+  seen, batch_counts = [], set()
+  for shard in range(hosts):
+    eval_kwargs = kwargs(batch_size=5 if hosts == 2 else 2, shard_index=shard,
+                         shard_count=hosts)
     del eval_kwargs["seed"]
     ds = pipeline.eval_dataset(records, meta, tokenizer, **eval_kwargs)
     batches = list(ds)
-    assert [int(b["valid"].sum()) for b in batches] == [5, 1]
+    batch_counts.add(len(batches))
+    if valid_per_batch:
+      assert [int(b["valid"].sum()) for b in batches] == valid_per_batch
+    else:
+      assert sum(int(b["valid"].sum()) for b in batches) == (3 if shard < 2 else 2)
     for b in batches:
       assert (b["task"] == pipeline.Task.LEVEL).all()
       assert not b["video_mask"][:, 1].any()
       seen += b["index"][b["valid"], 0].tolist()
+  assert len(batch_counts) == 1
   assert sorted(seen) == list(range(len(records)))
+
+
+def test_hosts_share_the_global_batches_of_one_host(data, tokenizer):
+  """Two hosts' batches, stacked, are exactly one host's batches of twice the size."""
+  records, meta = data
+  one = iter(pipeline.train_dataset(records, meta, tokenizer, **kwargs(batch_size=4)))
+  hosts = [iter(pipeline.train_dataset(records, meta, tokenizer, **kwargs(
+      batch_size=2, shard_index=i, shard_count=2))) for i in range(2)]
+  grpo = lambda **kw: iter(pipeline.grpo_dataset(
+      records, meta, model_config=CFG.model, num_frames=CFG.num_frames, seed=3,
+      kinds=(perturb.Perturbation.SHUFFLE,), strength=1.0, **kw))
+  grpo_one = grpo(batch_size=4)
+  grpo_hosts = [grpo(batch_size=2, shard_index=i, shard_count=2) for i in range(2)]
+  for _ in range(4):  # crosses the 12-record epoch boundary
+    for want, parts in ((next(one), [next(h) for h in hosts]),
+                        (next(grpo_one), [next(h) for h in grpo_hosts])):
+      for key in want:
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want[key],
+                                      err_msg=key)
 
 
 def test_frame_picks_and_bad_metadata():

@@ -73,7 +73,7 @@ def test_frozen_params_unchanged_and_without_optimizer_state():
   trainable_before = jax.tree.map(np.array, state["trainable"])
   step = trainer.make_train_step(setup, config.loss_weights)
   for i in range(3):
-    state, metrics = step(state, trainer.device_batch(synthetic_batch(config, i)[0],
+    state, metrics = step(state, sharding.global_batch(synthetic_batch(config, i)[0],
                                                       setup.batch_sharding))
     assert bool(metrics["finite"])
   assert int(state["step"]) == 3
@@ -99,6 +99,6 @@ def test_non_finite_step_leaves_state_unchanged():
   state, setup = trainer.create_state(config, model, spec, mesh, jax.random.PRNGKey(0))
   before = jax.tree.map(np.array, state["trainable"])
   state, metrics = trainer.make_train_step(setup, config.loss_weights)(
-      state, trainer.device_batch(batch, setup.batch_sharding))
+      state, sharding.global_batch(batch, setup.batch_sharding))
   assert not bool(metrics["finite"]) and int(state["step"]) == 0
   jax.tree.map(np.testing.assert_array_equal, state["trainable"], before)
