@@ -30,8 +30,8 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from cpllm import ablation
 from cpllm import configs
+from cpllm.evals import tables
 from launch import tpu
 
 TRAIN = (sys.executable, "-m", "cpllm.main")  # the local training command
@@ -114,7 +114,7 @@ def tpu_commands(pod: tpu.Pod, config: str, workdir: str, sweep: list[Run],
 def collect(workdir: str, sweep: list[Run]) -> str:
   """Writes <workdir>/table.md and table.csv from every run's last evaluation."""
   results = {run.name: final_metrics(os.path.join(workdir, run.name)) for run in sweep}
-  return ablation.write_tables(workdir, results, {run.name: run.overrides for run in sweep})
+  return tables.write_tables(workdir, results, {run.name: run.overrides for run in sweep})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cpllm import ablation
 from cpllm import configs
+from cpllm.evals import tables
 from cpllm.data import pipeline
 from cpllm.train import trainer
 
@@ -34,9 +34,9 @@ def test_each_ablation_changes_one_switch_of_the_demo():
 def test_table_rows_read_nested_flip_rates_and_mark_missing_values():
   metrics = dict(step=600, srcc=0.5, plcc=0.25, krcc=0.125, rmse=1.0,
                  flip_rate={"2": 0.5, "4": 0.375, "10": None, "20": 0.0})
-  values = ablation.row_values(metrics)
+  values = tables.row_values(metrics)
   assert values["flip_rate 4"] == 0.375 and values["flip_rate 20"] == 0.0
   assert values["flip_rate 10"] is None and values["text_level_accuracy"] is None
-  table = ablation.markdown({"mix": metrics})
+  table = tables.markdown({"mix": metrics})
   assert table.splitlines()[2] == ("| mix | 600 | 0.500 | 0.250 | 0.125 | 1.000 | 0.500 | "
                                    "0.375 | n/a | 0.000 | n/a |")
