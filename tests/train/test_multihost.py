@@ -1,17 +1,21 @@
 """Two local processes of 4 CPU devices each (gloo collectives, coordinator on 127.0.0.1)
 train the smoke config as one job; their losses, parameters and evaluation equal a
 single-process run on 8 devices of the same global batches, and the checkpoint they wrote
-together restores in one process."""
+together restores in one process. GRPO from the same supervised run, likewise."""
 
 import json
 import os
 import subprocess
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import portpicker
+import pytest
 
+from cpllm import configs
+from cpllm.train import grpo
 from cpllm.train import trainer
 from tests.train.test_main import REPO
 from tests.train.test_main import command
@@ -36,33 +40,46 @@ def restore_state(workdir, like=None):
       state=ocp.args.StandardRestore(abstract)))["state"]
 
 
-def test_two_processes_train_like_one(data_dir, tmp_path):  # noqa: F811
-  single = str(tmp_path / "single")
-  want_eval = trainer.main(smoke_config(data_dir, total_steps=STEPS, **RUN_FLAGS), single)
+@pytest.fixture(scope="module")
+def single(data_dir, tmp_path_factory):  # noqa: F811
+  """(workdir, last evaluation) of the smoke run in this one process on 8 devices."""
+  workdir = str(tmp_path_factory.mktemp("single") / "run")
+  return workdir, trainer.main(smoke_config(data_dir, total_steps=STEPS, **RUN_FLAGS),
+                               workdir)
 
-  multi = str(tmp_path / "multi")
+
+def run_two_processes(args, log_dir):
+  """Runs `args` (a cpllm.main command line) as processes 0 and 1 of one job; returns
+  their logs."""
   port = portpicker.pick_unused_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   procs, logs = [], []
   for process_id in range(2):
-    args = command(data_dir, multi, STEPS) + [
-        f"--config.{k}={v}" for k, v in RUN_FLAGS.items()] + [
-        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-        f"--process_id={process_id}"]
-    logs.append(open(tmp_path / f"process{process_id}.log", "w+"))
-    procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=logs[-1],
-                                  stderr=subprocess.STDOUT))
+    logs.append(open(log_dir / f"process{process_id}.log", "w+"))
+    procs.append(subprocess.Popen(
+        args + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                f"--process_id={process_id}"],
+        cwd=REPO, env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
+  texts = []
   for proc, log in zip(procs, logs):
     try:
       proc.wait(timeout=600)
     finally:
       proc.kill()
     log.seek(0)
-    assert proc.returncode == 0, log.read()[-5000:]
-  log0 = open(tmp_path / "process0.log").read()
-  assert "process 0 of 2 feeds block 0 of 2" in log0
-  assert "process 1 of 2 feeds block 1 of 2" in open(tmp_path / "process1.log").read()
+    texts.append(log.read())
+    assert proc.returncode == 0, texts[-1][-5000:]
+  return texts
+
+
+def test_two_processes_train_like_one(data_dir, single, tmp_path):  # noqa: F811
+  single, want_eval = single
+  multi = str(tmp_path / "multi")
+  logs = run_two_processes(command(data_dir, multi, STEPS) + [
+      f"--config.{k}={v}" for k, v in RUN_FLAGS.items()], tmp_path)
+  assert "process 0 of 2 feeds block 0 of 2" in logs[0]
+  assert "process 1 of 2 feeds block 1 of 2" in logs[1]
 
   # Only process 0 writes metrics: one row per step, not two.
   want_rows = [r for r in read_jsonl(os.path.join(single, "metrics.jsonl")) if "loss" in r]
@@ -87,3 +104,29 @@ def test_two_processes_train_like_one(data_dir, tmp_path):  # noqa: F811
   for key in ("srcc", "plcc_raw", "rmse", "level_srcc"):
     np.testing.assert_allclose(metrics[key], want_eval[key], rtol=1e-4, atol=1e-5,
                                err_msg=key)
+
+
+def test_two_processes_run_grpo_like_one(data_dir, single, tmp_path):  # noqa: F811
+  """Rollouts sampled on both processes' devices, their texts all-gathered for the rewards,
+  the update, and the answers of the evaluation. (The 4-step supervised model earns no
+  reward yet, so what the update sees is the KL term; the sampled responses are what
+  differs between processes, and they must be the same.)"""
+  sft_dir, _ = single
+  config = configs.load("configs/demo_grpo.py:smoke")
+  config.data.data_dir, config.grpo.init_workdir = data_dir, sft_dir
+  single_dir = str(tmp_path / "grpo_single")
+  grpo.main(config, single_dir)
+  multi = str(tmp_path / "grpo_multi")
+  run_two_processes([sys.executable, "-m", "cpllm.main", "--config=configs/demo_grpo.py:smoke",
+                     f"--workdir={multi}", f"--config.data.data_dir={data_dir}",
+                     f"--config.grpo.init_workdir={sft_dir}"], tmp_path)
+  rollout_rows = lambda d: [r for r in read_jsonl(os.path.join(d, "metrics.jsonl"))
+                            if "reward_total" in r]
+  want_rows, rows = rollout_rows(single_dir), rollout_rows(multi)
+  assert [r["step"] for r in rows] == [r["step"] for r in want_rows] == [1, 2]
+  for key in ("response_length", "parse_rate", "reward_total", "loss", "kl", "grad_norm"):
+    np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in want_rows],
+                               rtol=1e-4, atol=1e-6, err_msg=key)
+  for step in ("0", "2"):
+    answers = lambda d: read_jsonl(os.path.join(d, "eval", step, "answers.jsonl"))
+    assert answers(multi) == answers(single_dir)
