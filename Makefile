@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cpllm-installed
 PYTEST_ARGS ?= -n auto --dist loadfile
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,14 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m cpllm.demo
+
+# Benchmarks (BENCHMARKS.md): each writes bench/results/<name>.json, then the tables in
+# BENCHMARKS.md are rewritten from them. bench-quick: fewer repeats, smaller sweeps.
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+bench-quick: $(STAMP)
+	$(PY) -m bench.run --quick
 
 clean:
 	rm -rf runs .pytest_cache

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from cpllm.data import tokenizer as tokenizer_lib
+from cpllm.models import checkpoints
 from cpllm.models import cpllm
 from cpllm.models import gemma
 
@@ -55,6 +56,22 @@ def _filter_logits(logits, temperature: float, top_k: int, top_p: float):
   return logits
 
 
+def looped_decoder(model: cpllm.CPLLM, variables):
+  """(model, variables) with the decoder's layer stack looped (`layers_{i}`), same weights.
+
+  Inside a scanned stack every layer's weights are sliced out of the stacked arrays, and
+  XLA copies those slices on each decode step; a decode step reads every weight once and is
+  bound by memory bandwidth, so the copies triple its traffic (bench/decode.py: 2-3x slower
+  steps). Unstacking once per call, before the token loop, costs one copy of the weights.
+  """
+  if not cpllm.build_gemma(model.decoder, model.dtype).scan:
+    return model, variables
+  params = dict(variables["params"])
+  params["llm"] = checkpoints.to_looped(params["llm"])
+  return (model.clone(decoder={**model.decoder, "scan": False}),
+          {**variables, "params": params})
+
+
 def make_generate(model: cpllm.CPLLM, *, max_new_tokens: int, eos_id: int,
                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                   num_samples: int = 1):
@@ -89,6 +106,7 @@ def generate(model: cpllm.CPLLM, variables, x, input_mask, mask_ar, rng=None, *,
     x, input_mask, mask_ar = (jnp.repeat(a, num_samples, axis=0)
                               for a in (x, input_mask, mask_ar))
   b, t = input_mask.shape
+  model, variables = looped_decoder(model, variables)
   llm = cpllm.build_gemma(model.decoder, model.dtype)
   cache = gemma.init_cache(llm, b, t + max_new_tokens, dtype=model.dtype)
   extend = lambda *args: model.apply(variables, *args, method=model.extend)

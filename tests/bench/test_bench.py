@@ -1,0 +1,146 @@
+"""bench/ helpers on tiny inputs: FLOP and byte accounting against hand counts, the memory
+lower bound against a hand count, the roofline bytes, the report renderer. No timing is
+asserted anywhere (speed is only measured by the benchmarks themselves)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bench import common
+from bench import decode
+from bench import report
+from bench import scaling
+from bench import workloads
+from cpllm.models import cpllm
+
+
+def test_matmul_flops_match_xla_cost_analysis():
+  m, k, n = 8, 16, 4
+  assert common.matmul_flops(m, k, n) == 2 * 8 * 16 * 4
+  compiled = jax.jit(jnp.dot).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
+  assert common.cost(compiled)["flops"] == common.matmul_flops(m, k, n)
+
+
+def test_cost_counts_a_scanned_body_once_and_unrolled_fixes_it():
+  """Why FLOPs are counted on unrolled twins: XLA counts a while loop's body once."""
+  x, w = jnp.ones((4, 8)), jnp.ones((3, 8, 8))
+  scanned = lambda x, w: jax.lax.scan(lambda c, wi: (c @ wi, None), x, w)[0]
+  looped = lambda x, w: x @ w[0] @ w[1] @ w[2]
+  one = common.matmul_flops(4, 8, 8)
+  # (+ a few FLOPs of loop counter arithmetic)
+  assert common.cost(jax.jit(scanned).lower(x, w).compile())["flops"] == pytest.approx(
+      one, abs=8)
+  assert common.cost(jax.jit(looped).lower(x, w).compile())["flops"] == 3 * one
+  config = workloads.load("configs/tiny.py")
+  model = common.unrolled(config.model)
+  assert all(model[p]["scan"] is False for p in ("ctx_encoder", "pix_encoder", "decoder"))
+  assert "scan" not in config.model["decoder"]  # the original is left alone
+
+
+def test_tree_bytes_and_memory_stats():
+  tree = dict(a=np.zeros((2, 3), np.float32), b=[jax.ShapeDtypeStruct((5,), jnp.int8)])
+  assert common.tree_bytes(tree) == 2 * 3 * 4 + 5
+  assert common.tree_size(tree) == 11
+  compiled = jax.jit(lambda x: x * 2, donate_argnums=0).lower(
+      jax.ShapeDtypeStruct((256,), jnp.float32)).compile()
+  stats = common.memory(compiled)
+  assert stats["peak"] == stats["argument"] + stats["output"] - stats["alias"] + stats["temp"]
+  assert stats["argument"] == 1024
+
+
+def tiny_config():
+  config = workloads.load("configs/tiny.py")
+  config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0)
+  config.context_encoder = "frozen"
+  config.lr, config.total_steps = 1e-3, 10
+  return config
+
+
+def test_memory_lower_bound_by_hand():
+  config = tiny_config()
+  state, _ = workloads.train_state(config, abstract=True)
+  bound = workloads.memory_lower_bound(state, config)
+  # tiny: ViTs width 32, depth 2, patch 8; Gemma width 64, depth 2; batch 2, M = 3,
+  # text 16; context 32 x 32 -> 16 tokens (frozen: no activations); pixel patches 16 x 16
+  # -> 4 tokens, K = 4; decoder S = 2 * (16 + 4) + 16 = 56.
+  assert workloads.sequence_lengths(config.model, config.text_len) == dict(
+      T_ctx=16, T_h=16, T_q=4, S=56)
+  frames = 2 * 2 * 3  # batch x videos x M
+  acts = bound["activations_by_stack"]
+  assert acts["ctx"] == 0
+  assert acts["pix"] == (2 + 1) * frames * 4 * 4 * 32 * 4
+  assert acts["decoder"] == (2 + 1) * 2 * 56 * 64 * 4
+  n_trainable = common.tree_size(state["trainable"])
+  assert bound["trainable"] == 4 * n_trainable
+  # Adam: mu and nu per trainable parameter, plus int32 step counters.
+  assert 2 * 4 * n_trainable <= bound["optimizer"] <= 2 * 4 * n_trainable + 64
+  assert bound["frozen"] == 4 * common.tree_size(state["frozen"]) > 0
+  assert bound["total"] == (bound["trainable"] + bound["optimizer"] + bound["frozen"]
+                            + bound["activations"] + bound["batch"])
+
+
+def test_roofline_bytes_by_hand():
+  config = tiny_config()
+  model = cpllm.CPLLM(**config.model)
+  params = dict(llm=dict(w=np.zeros((10, 10), np.float32)))  # 400 bytes of weights
+  roof = decode.roofline_seconds(model, params, batch=2, prefix=3, new=2, bandwidth=100.0)
+  # tiny decoder: depth 2, one KV head of 16: per cache slot 2 * 2 * 1 * 16 * 2 * 4 bytes.
+  per_slot = 2 * 2 * 16 * 2 * 4
+  assert roof["cache_bytes_per_token_slot"] == per_slot
+  assert roof["bytes"] == 2 * 400 + per_slot * (3 + 4)  # steps read 3, then 4 slots
+  assert roof["seconds"] == pytest.approx(roof["bytes"] / 100.0)
+
+
+def test_synthetic_batch_matches_the_pipeline_spec():
+  config = tiny_config()
+  batch = workloads.synthetic_batch(config)
+  spec = workloads.batch_spec(config)
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+      k: (s.shape, s.dtype) for k, s in spec.items()}
+  assert batch["mask_loss"].sum() > 0 and batch["mask_ar"][0, 0] == 0
+
+
+def test_log_slope():
+  assert scaling.log_slope([1, 2, 4], [3, 6, 12]) == pytest.approx(1.0)
+  assert scaling.log_slope([1, 2, 4], [5, 5, 5]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_markdown_table_and_fmt():
+  table = common.markdown_table([dict(a=1234567, b=0.51234), dict(a=3, b=None)], ["a", "b"],
+                                ["A", "B"])
+  assert table.splitlines() == ["| A | B |", "| --- | --- |", "| 1,234,567 | 0.512 |",
+                                "| 3 | - |"]
+  assert common.fmt(2.5e11) == "2.50e+11"
+
+
+def fake_results():
+  machine = dict(date="2026-01-01T00:00:00+00:00", load_average=[1.0, 1.0, 1.0], cpu="x",
+                 cores=2, jax="0.10.2")
+  return dict(train_step=dict(quick=True, machine=machine, configs=dict(demo=dict(
+      params=10, trainable=5, batch_size=2, decoder_seq=8, flops=2e9, step_s=0.5,
+      flops_per_s=4e9, peak_flops_per_s=8e9, mfu=0.5))))
+
+
+def test_report_rewrites_only_marked_blocks(tmp_path):
+  text = ("intro\n<!-- bench:machine -->\nold\n<!-- /bench:machine -->\nprose\n"
+          "<!-- bench:train_step -->\nold table\n<!-- /bench:train_step -->\nend\n")
+  out = report.render(text, fake_results())
+  assert out.startswith("intro\n<!-- bench:machine -->\n| result |")
+  assert "old" not in out and "\nprose\n" in out and out.endswith("end\n")
+  assert "| demo | 10 | 5 | 2 | 8 | 2 | 0.5 | 4 | 8 | 0.5 |" in out
+  assert report.render(out, fake_results()) == out  # idempotent
+  with pytest.raises(KeyError, match="bench:decode"):
+    report.replace_block(text, "decode", "x")
+
+
+def test_write_and_read_result(tmp_path):
+  path = common.write_result("x", dict(mfu=dict(demo=np.float32(0.5))), quick=True,
+                             results_dir=str(tmp_path))
+  data = json.load(open(path))
+  assert data["mfu"] == dict(demo=0.5) and data["quick"] is True
+  assert {"cpu", "cores", "jax", "date", "load_average"} <= set(data["machine"])
+  assert common.read_result("x", str(tmp_path))["name"] == "x"
+  assert common.read_result("missing", str(tmp_path)) is None
