@@ -1,4 +1,4 @@
-"""Decoding speed of the KV-cache sampler: `python -m bench.decode [--quick]`.
+"""Decoding speed of the KV-cache sampler: `python -m bench.run decode [--quick]`.
 
 tokens/s of `sampler.make_generate` (greedy; jitted prefill + lax.while_loop over the
 preallocated cache) for NEW_TOKENS new tokens after a PREFIX-token prefix (the demo's
@@ -21,7 +21,6 @@ for that measurement), so before and after are measured in the same process.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import jax
@@ -163,8 +162,3 @@ def run(quick: bool = False) -> dict:
   common.write_result("decode", result, quick=quick)
   return result
 
-
-if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  run(parser.parse_args().quick)

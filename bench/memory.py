@@ -1,4 +1,4 @@
-"""Peak memory of the train step against its lower bound: `python -m bench.memory`.
+"""Peak memory of the train step against its lower bound: `python -m bench.run memory`.
 
 Peak: XLA's memory analysis of the compiled train step (arguments + outputs - donated
 aliases + temporaries), compiled from shapes only (jax.eval_shape of the state), so the
@@ -14,7 +14,6 @@ on one device: divide by the device count for a data-parallel slice).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from bench import common
@@ -68,8 +67,3 @@ def run(quick: bool = False) -> dict:
   common.write_result("memory", result, quick=quick)
   return result
 
-
-if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  run(parser.parse_args().quick)

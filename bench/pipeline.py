@@ -1,4 +1,4 @@
-"""Input pipeline throughput against the train step: `python -m bench.pipeline [--quick]`.
+"""Input pipeline throughput against the train step: `python -m bench.run pipeline [--quick]`.
 
 examples/s of the demo's grain training pipeline (pipeline.train_dataset: shuffle, pair
 planning, PNG decode of both videos' key frames, preprocessing for both encoders,
@@ -16,7 +16,6 @@ workers, and with none) and fed one fixed batch: `loop_slowdown` = fed / fixed s
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -139,8 +138,3 @@ def run(quick: bool = False) -> dict:
   common.write_result("pipeline", result, quick=quick)
   return result
 
-
-if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  run(parser.parse_args().quick)

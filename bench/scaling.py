@@ -1,5 +1,5 @@
 """How the demo's train-step time grows with key frames M, patches K and text length:
-`python -m bench.scaling [--quick]`.
+`python -m bench.run scaling [--quick]`.
 
 One sweep per knob, the others at configs/demo.py's values (M = 4, K = 12, L = 208, batch
 16); each point is the project's train step compiled for that batch shape (the parameters
@@ -12,7 +12,6 @@ end points of each sweep at batch 4.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import matplotlib
@@ -98,8 +97,3 @@ def run(quick: bool = False) -> dict:
   common.write_result("scaling", result, quick=quick)
   return result
 
-
-if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  run(parser.parse_args().quick)

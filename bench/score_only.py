@@ -1,4 +1,4 @@
-"""Score-only inference vs the full forward pass: `python -m bench.score_only [--quick]`.
+"""Score-only inference vs the full forward pass: `python -m bench.run score_only [--quick]`.
 
 Score-only is `model.apply(..., decode=False)`: both encoders and the score head, no
 decoder. The full forward adds the decoder over the visual tokens and the level prompt
@@ -17,7 +17,6 @@ paper: shapes from configs/paper.py through jax.eval_shape (3B parameters, never
 
 from __future__ import annotations
 
-import argparse
 
 import flax.linen as nn
 import jax
@@ -124,8 +123,3 @@ def run(quick: bool = False) -> dict:
   common.write_result("score_only", result, quick=quick)
   return result
 
-
-if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  run(parser.parse_args().quick)

@@ -1,4 +1,4 @@
-"""Train-step model FLOP utilisation: `python -m bench.train_step [--quick]`.
+"""Train-step model FLOP utilisation: `python -m bench.run train_step [--quick]`.
 
 MFU = (FLOPs of one step from XLA's cost analysis of the compiled step) / (median step
 time) / (this machine's f32 matmul peak, a large jnp.dot timed in the same process).
@@ -14,7 +14,6 @@ shapes (no input pipeline in the loop: bench.pipeline measures that).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -82,8 +81,3 @@ def run(quick: bool = False) -> dict:
   common.write_result("train_step", result, quick=quick)
   return result
 
-
-if __name__ == "__main__":
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  run(parser.parse_args().quick)

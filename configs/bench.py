@@ -1,6 +1,6 @@
 """The benchmark config: configs/demo.py widened until matmuls dominate (bench/, issue 8).
 
-73,708,929 parameters (`python -m bench.train_step` prints the count from the state):
+73,708,929 parameters (`python -m bench.run train_step` prints the count from the state):
   decoder  Gemma-1-like, width 768, depth 6, MLP 3072 (GeGLU), 12 query heads and one KV
            head (MQA, as Gemma 2B), head_dim 64, vocabulary 1024 (the demo tokenizer's):
            50.3M with LoRA rank 4 on q and kv;
