@@ -14,9 +14,11 @@ visual tokens of two videos and a prompt bucket), at batch 1 and 16, against
       roofline_ratio = measured time per step / roofline time per step (1 = at the limit).
 eos_id is -1 (never sampled), so every run produces exactly NEW_TOKENS tokens.
 
-`before` rows run the sampler as it was before bench/ found its worst ratio: the decoder's
-scanned layer stack inside the token loop (sampler.looped_decoder replaced by the identity
-for that measurement), so before and after are measured in the same process.
+The other `sampler` rows undo, in the same process, the two fixes that bench/ led to:
+"scanned stack, einsum" is the sampler as first measured (the decoder's scanned layer
+stack inside the token loop: sampler.looped_decoder replaced by the identity, and plain
+einsums for every weight: gemma.FEW_TOKENS = 0); "looped stack, einsum" has the first fix
+only.
 """
 
 from __future__ import annotations
@@ -75,18 +77,32 @@ def no_cache_forward(model: cpllm.CPLLM):
 
 
 @contextlib.contextmanager
-def scanned_sampler():
-  """The sampler as before the fix: the scanned decoder stack inside the token loop."""
-  original = sampler.looped_decoder
-  sampler.looped_decoder = lambda model, variables: (model, variables)
+def patched(module, name: str, value):
+  original = getattr(module, name)
+  setattr(module, name, value)
   try:
     yield
   finally:
-    sampler.looped_decoder = original
+    setattr(module, name, original)
+
+
+def sampler_before(fixes_undone: str):
+  """The sampler with 'both' or 'einsum' of its two decode fixes undone (see the module
+  docstring), as a context manager around tracing."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(patched(gemma, "FEW_TOKENS", 0))
+  if fixes_undone == "both":
+    stack.enter_context(patched(sampler, "looped_decoder", lambda model, v: (model, v)))
+  return stack
+
+
+SAMPLERS = {"sampler": contextlib.nullcontext, "looped stack, einsum":
+            lambda: sampler_before("einsum"), "scanned stack, einsum":
+            lambda: sampler_before("both")}
 
 
 def measure(name: str, spec: str, batch: int, *, repeats: int, bandwidth: float,
-            no_cache_repeats: int, before: bool = False, no_cache_memo=None) -> dict:
+            no_cache_repeats: int, variant: str = "sampler", no_cache_memo=None) -> dict:
   config = workloads.load(spec)
   model, variables = decoder_variables(config)
   width = cpllm.build_gemma(model.decoder, model.dtype).width
@@ -94,7 +110,7 @@ def measure(name: str, spec: str, batch: int, *, repeats: int, bandwidth: float,
   x = jnp.asarray(rng.normal(size=(batch, PREFIX, width)).astype(np.float32))
   input_mask = jnp.ones((batch, PREFIX), bool)
   mask_ar = jnp.zeros((batch, PREFIX), jnp.int32)
-  with scanned_sampler() if before else contextlib.nullcontext():
+  with SAMPLERS[variant]():
     generate = sampler.make_generate(model, max_new_tokens=NEW_TOKENS, eos_id=-1).lower(
         variables, x, input_mask, mask_ar).compile()
   timing = common.time_call(lambda: generate(variables, x, input_mask, mask_ar)["tokens"],
@@ -125,7 +141,7 @@ def measure(name: str, spec: str, batch: int, *, repeats: int, bandwidth: float,
   roof = roofline_seconds(model, variables["params"], batch, PREFIX, NEW_TOKENS, bandwidth)
   tokens = batch * NEW_TOKENS
   return dict(
-      config=name, batch=batch, sampler="before (scanned)" if before else "sampler",
+      config=name, batch=batch, sampler=variant,
       prefix=PREFIX, new_tokens=NEW_TOKENS,
       seconds=timing["median"], times=timing["times"], prefill_s=prefill_s,
       decode_s=decode_s, tokens_per_s=tokens / timing["median"],
@@ -139,15 +155,16 @@ def measure(name: str, spec: str, batch: int, *, repeats: int, bandwidth: float,
 
 def run(quick: bool = False) -> dict:
   bandwidth = common.copy_bandwidth(repeats=5)
-  # (config, batch, before): quick skips the slowest case and the before rows.
-  cases = [("demo", 1, False), ("demo", 16, False), ("bench", 1, False)]
+  # (config, batch, sampler): quick skips the slowest case and the before rows.
+  cases = [("demo", 1, "sampler"), ("demo", 16, "sampler"), ("bench", 1, "sampler")]
   if not quick:
-    cases += [("bench", 16, False), ("bench", 1, True), ("bench", 16, True)]
+    cases += [("bench", 16, "sampler")]
+    cases += [("bench", batch, variant) for variant in list(SAMPLERS)[1:] for batch in (1, 16)]
   memo = {}
   rows = [measure(name, CONFIGS[name], batch, repeats=2 if quick else 3,
-                  bandwidth=bandwidth["bytes_per_s"], before=before, no_cache_memo=memo,
+                  bandwidth=bandwidth["bytes_per_s"], variant=variant, no_cache_memo=memo,
                   no_cache_repeats=1 if quick or batch > 1 else 3)
-          for name, batch, before in cases]
+          for name, batch, variant in cases]
   print(f"copy bandwidth {bandwidth['bytes_per_s'] / 1e9:.2f} GB/s")
   print(common.markdown_table(rows, [
       "config", "sampler", "batch", "tokens_per_s", "ms_per_step", "no_cache_tokens_per_s",

@@ -41,6 +41,7 @@ Parameter counts (from `jax.eval_shape`, tests/models/test_gemma.py): gemma_2b h
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -168,6 +169,40 @@ class LoRA:
     return name in self.targets
 
 
+FEW_TOKENS = 64
+
+
+def weight_einsum(x, x_axes: str, w, w_axes: str, out_axes: str):
+  """einsum(x, w) that, for few tokens, never moves the weight in memory.
+
+  XLA's CPU dot wants each operand as [batch, rows, contraction]; for a weight such as
+  gating_einsum [C, D, F] contracted over the middle D it copies the transposed weight on
+  every call. With many tokens that copy is amortised, but a decode step (B * T <= FEW_TOKENS)
+  reads each weight once, and the copy triples its memory traffic. There the leading output
+  axes of the weight (C, or q's heads N) become batch axes of a batched matmul, the small
+  activation is broadcast along them, and the optimisation barrier stops XLA from folding
+  the activation's transpose back into the weight.
+  """
+  contract = [a for a in w_axes if a in x_axes and a not in out_axes]
+  first = w_axes.index(contract[0])
+  stack, rest = w_axes[:first], w_axes[first + len(contract):]
+  # A symbolic (export-time) batch size counts as one: serving batches are small.
+  tokens = int(np.prod([n for a, n in zip(x_axes, x.shape)
+                        if a not in contract and isinstance(n, int)]))
+  if (tokens > FEW_TOKENS or w_axes[first:first + len(contract)] != "".join(contract)
+      or any(a in x_axes for a in stack + rest)):
+    return jnp.einsum(f"{x_axes},{w_axes}->{out_axes}", x, w)
+  rows = "".join(a for a in x_axes if a not in contract)
+  sizes = dict(zip(x_axes, x.shape)) | dict(zip(w_axes, w.shape))
+  prod = lambda axes: math.prod(sizes[a] for a in axes)
+  x2 = jnp.einsum(f"{x_axes}->{rows}{''.join(contract)}", x).reshape(-1, prod(contract))
+  x3 = jax.lax.optimization_barrier(jnp.broadcast_to(x2, (prod(stack), *x2.shape)))
+  w3 = w.reshape(prod(stack), prod(contract), prod(rest))
+  y = jax.lax.dot_general(x3, w3, (((2,), (1,)), ((0,), (0,))))
+  y = y.reshape([sizes[a] for a in stack + rows + rest])
+  return jnp.einsum(f"{stack}{rows}{rest}->{out_axes}", y)
+
+
 def adapted_einsum(module: nn.Module, name: str, shape, x, x_axes: str, out_axes: str,
                    lora: LoRA, dtype, *, param_prefix: str = ""):
   """einsum(x, w) plus the LoRA path when `name` is a LoRA target.
@@ -179,7 +214,7 @@ def adapted_einsum(module: nn.Module, name: str, shape, x, x_axes: str, out_axes
   spec = WEIGHT_SPECS[name]
   w_name = param_prefix or "w"
   w = module.param(w_name, _init(spec.w, spec.inputs), shape)
-  y = jnp.einsum(f"{x_axes},{spec.w}->{out_axes}", x.astype(dtype), w.astype(dtype))
+  y = weight_einsum(x.astype(dtype), x_axes, w.astype(dtype), spec.w, out_axes)
   if lora.applies_to(name):
     sizes = dict(zip(spec.w, shape), r=lora.rank)
     prefix = f"{param_prefix}_" if param_prefix else ""

@@ -1,6 +1,8 @@
 """Gemma decoder tests, each against an independent reference (NumPy float64, a second
 code path, or hand-written masks)."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -229,6 +231,54 @@ def test_matches_float64_numpy(variant):
   want = np_gemma_logits(params["params"], cfg, tokens, input_mask, mask_ar)
   np.testing.assert_allclose(np.asarray(got)[input_mask], want[input_mask], atol=1e-4,
                              rtol=1e-4)
+
+
+# How each weight is used: (weight, activation axes, output axes), as in Attention and
+# FeedForward.
+WEIGHT_USES = [("q_einsum", "BTD", "BTNH"), ("kv_einsum", "BTD", "CBTKH"),
+               ("qkv_einsum", "BTD", "CBTNH"), ("attn_vec_einsum", "BTNH", "BTD"),
+               ("gating_einsum", "BTD", "CBTF"), ("linear", "BTF", "BTD")]
+AXIS_SIZES = dict(B=2, C=2, K=2, N=3, D=8, H=5, F=7)
+
+
+@pytest.mark.parametrize("name,x_axes,out_axes", WEIGHT_USES)
+@pytest.mark.parametrize("t", [1, gemma.FEW_TOKENS])  # batched-matmul path, plain einsum
+def test_weight_einsum_matches_float64(name, x_axes, out_axes, t):
+  w_axes = gemma.WEIGHT_SPECS[name].w
+  sizes = dict(AXIS_SIZES, T=t)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=[sizes[a] for a in x_axes])
+  w = rng.normal(size=[sizes[a] for a in w_axes])
+  cotangent = rng.normal(size=[sizes[a] for a in out_axes])
+  f = lambda x, w: gemma.weight_einsum(x, x_axes, w, w_axes, out_axes)
+  got = f(jnp.float32(x), jnp.float32(w))
+  np.testing.assert_allclose(got, np.einsum(f"{x_axes},{w_axes}->{out_axes}", x, w),
+                             rtol=1e-5, atol=1e-5)
+  _, vjp = jax.vjp(f, jnp.float32(x), jnp.float32(w))
+  dx, dw = vjp(jnp.float32(cotangent))
+  np.testing.assert_allclose(dx, np.einsum(f"{out_axes},{w_axes}->{x_axes}", cotangent, w),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, np.einsum(f"{x_axes},{out_axes}->{w_axes}", x, cotangent),
+                             rtol=1e-5, atol=1e-4)
+
+
+def test_decode_step_never_copies_a_weight():
+  """A one-token step of the looped decoder, compiled: no instruction other than the
+  parameters may produce an array as large as a weight matrix (the transposed copies
+  that weight_einsum avoids; an einsum over gating_einsum [2, D, F] makes one)."""
+  model = gemma.Gemma(**dict(gemma.VARIANTS["tiny"], width=96, mlp_dim=384), scan=False)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, 96)), jnp.ones((1, 1), bool),
+                      jnp.ones((1, 1), jnp.int32))
+  cache = gemma.init_cache(model, 1, 8)
+  step = jax.jit(lambda p, x, c: model.apply(p, x, jnp.ones((1, 1), bool),
+                                             jnp.ones((1, 1), jnp.int32), c)[0])
+  hlo = step.lower(params, jnp.ones((1, 1, 96)), cache).compile().as_text()
+  smallest_weight = 96 * 16 * 4  # q_einsum and attn_vec_einsum: N * H * D
+  produced = re.findall(r"= f32\[([\d,]+)\]\S* ([\w-]+)\(", hlo)
+  large = [(dims, op) for dims, op in produced
+           if op not in ("parameter", "bitcast", "get-tuple-element")
+           and np.prod([int(d) for d in dims.split(",")]) >= smallest_weight]
+  assert not large, large
 
 
 def test_scanned_equals_looped():
