@@ -140,6 +140,21 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> dict:
               megabytes=megabytes)
 
 
+def matvec_bandwidth(megabytes: int = 256, rows: int = 768, repeats: int = 5) -> dict:
+  """The weight-read rate of XLA:CPU's own matrix-vector product: one jitted
+  x float32[1, rows] @ W float32[rows, N] over a `megabytes` W, bytes of W / time. A decode
+  step at batch 1 is such products, so this bounds it from what the compiler can do, next
+  to what the memory can (copy_bandwidth).
+
+  Returns dict(bytes_per_s (best repeat), median_bytes_per_s, megabytes).
+  """
+  w = jax.random.normal(jax.random.PRNGKey(0), (rows, megabytes * 2**20 // (4 * rows)))
+  x = jnp.ones((1, rows), jnp.float32)
+  timing = time_call(lambda: _dot(x, w), warmup=2, repeats=repeats)
+  return dict(bytes_per_s=w.nbytes / timing["min"], median_bytes_per_s=w.nbytes
+              / timing["median"], megabytes=megabytes)
+
+
 def machine_info() -> dict:
   """CPU model, core count, memory, JAX version, devices, date and the load at start (other
   processes on the machine make timings noisy; the load average says how noisy)."""

@@ -41,14 +41,15 @@ def train_step(r: dict) -> str:
 
 
 def decode(r: dict) -> str:
-  rows = [dict(r_, bw=r["bandwidth"]["bytes_per_s"] / 1e9) for r_ in r["rows"]]
+  rows = [dict(r_, bw=r["bandwidth"]["bytes_per_s"] / 1e9,
+               mv=r["matvec_bandwidth"]["bytes_per_s"] / 1e9) for r_ in r["rows"]]
   return common.markdown_table(
       rows, ["config", "sampler", "batch", "tokens_per_s", "ms_per_step",
              "no_cache_tokens_per_s", "speedup_vs_nocache", "roofline_tokens_per_s",
-             "roofline_ratio", "bw"],
+             "roofline_ratio", "bw", "matvec_ratio", "mv"],
       ["decoder", "sampler", "batch", "tokens/s", "ms/step", "no-cache tokens/s",
        "**speedup vs no-cache**", "roofline tokens/s", "**step time / roofline**",
-       "copy GB/s"])
+       "copy GB/s", "step time / XLA matvec bound", "matvec GB/s"])
 
 
 def improvement(r: dict) -> str:

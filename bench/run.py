@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import tempfile
 import time
 
 # TensorFlow (imported by TFDS for the pipeline benchmark) logs a banner at import.
@@ -30,6 +31,11 @@ def main(argv=None) -> None:
   if unknown:
     parser.error(f"unknown benchmarks {unknown}; choose from {', '.join(NAMES)}")
   names = args.names or NAMES
+  # Benchmarks compile some of the same programs (the demo's train step, its state's
+  # initialisation): a compilation cache private to this run compiles each once.
+  import jax
+  cache = tempfile.TemporaryDirectory(prefix="bench-xla-cache-")
+  jax.config.update("jax_compilation_cache_dir", cache.name)
   timings = {}
   for name in names:
     print(f"\n== {name}{' (quick)' if args.quick else ''}", flush=True)

@@ -25,11 +25,18 @@ from cpllm.train import trainer
 PROMPT_LEN = 32  # prompt tokens of a synthetic example; the rest of text_len is target
 
 
+LEVEL_TOKEN_IDS = (1, 2, 3, 4, 5)  # trainer.main reads them from the tokenizer
+
+
 def load(spec: str, **overrides) -> ml_collections.ConfigDict:
-  """A config file with top-level overrides (e.g. num_frames=8, text_len=256)."""
+  """A config file with top-level overrides (e.g. num_frames=8, text_len=256), and level
+  token ids where the config leaves them to the tokenizer, so the level-score loss is on
+  as in training."""
   config = configs.load(spec)
   for key, value in overrides.items():
     config[key] = value
+  if config.model.get("level_token_ids") is None:
+    config.model = {**config.model, "level_token_ids": LEVEL_TOKEN_IDS}
   return config
 
 
@@ -112,10 +119,13 @@ def train_step(setup, config):
   return trainer.make_train_step(setup, config.loss_weights)
 
 
-def compiled_train_step(config):
-  """(compiled train step, abstract state, setup), compiled from shapes only."""
-  state, setup = train_state(config, abstract=True)
-  compiled = train_step(setup, config).lower(state, batch_spec(config)).compile()
+def compiled_train_step(config, *, abstract: bool = True):
+  """(compiled train step, state, setup): from shapes only when `abstract`, else from a
+  real state and synthetic batch, i.e. the very program that train_step and scaling time
+  (a hit in bench.run's compilation cache)."""
+  state, setup = train_state(config, abstract=abstract)
+  batch = batch_spec(config) if abstract else float_batch(synthetic_batch(config))
+  compiled = train_step(setup, config).lower(state, batch).compile()
   return compiled, state, setup
 
 
