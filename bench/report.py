@@ -92,10 +92,12 @@ def pipeline(r: dict) -> str:
       r["rows"], ["num_workers", "examples_per_s", "ratio_to_train", "first_batch_s",
                   "fed_step_s", "loop_slowdown"],
       ["workers", "pipeline examples/s", "ratio to train step", "first batch s",
-       "train step s fed by it", "fed / fixed step"])
+       "train loop s/step fed by it", "fed / fixed-batch loop"])
+  loop = r.get("loop_fixed_step_s")
+  loop = f"; in the train loop {common.fmt(loop)} s/step" if loop else ""
   return (f"{table}\n\nDemo train step on a fixed batch: {common.fmt(r['fixed_step_s'])} "
           f"s/step = {common.fmt(r['train_examples_per_s'])} examples/s (batch "
-          f"{r['batch_size']}). **ratio_to_train = {common.fmt(r['ratio_to_train'])}** "
+          f"{r['batch_size']}){loop}. **ratio_to_train = {common.fmt(r['ratio_to_train'])}** "
           f"(the demo's {r['num_workers']} workers).")
 
 
