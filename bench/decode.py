@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -81,29 +82,19 @@ def no_cache_forward(model: cpllm.CPLLM):
   return jax.jit(lambda variables, x: model.apply(variables, x, method=next_logits))
 
 
-@contextlib.contextmanager
-def patched(module, name: str, value):
-  original = getattr(module, name)
-  setattr(module, name, value)
-  try:
-    yield
-  finally:
-    setattr(module, name, original)
+VARIANTS = ("sampler", "looped stack, einsum", "scanned stack, einsum")
 
 
-def sampler_before(fixes_undone: str):
-  """The sampler with 'both' or 'einsum' of its two decode fixes undone (see the module
-  docstring), as a context manager around tracing."""
+def sampler_variant(variant: str) -> contextlib.ExitStack:
+  """A context for tracing the sampler as it is ('sampler') or with fixes undone (see the
+  module docstring)."""
   stack = contextlib.ExitStack()
-  stack.enter_context(patched(gemma, "FEW_TOKENS", 0))
-  if fixes_undone == "both":
-    stack.enter_context(patched(sampler, "looped_decoder", lambda model, v: (model, v)))
+  if variant != "sampler":
+    stack.enter_context(mock.patch.object(gemma, "FEW_TOKENS", 0))
+  if variant == "scanned stack, einsum":
+    stack.enter_context(mock.patch.object(sampler, "looped_decoder",
+                                          lambda model, variables: (model, variables)))
   return stack
-
-
-SAMPLERS = {"sampler": contextlib.nullcontext, "looped stack, einsum":
-            lambda: sampler_before("einsum"), "scanned stack, einsum":
-            lambda: sampler_before("both")}
 
 
 def measure(name: str, spec: str, batch: int, *, repeats: int, bandwidth: float,
@@ -115,7 +106,7 @@ def measure(name: str, spec: str, batch: int, *, repeats: int, bandwidth: float,
   x = jnp.asarray(rng.normal(size=(batch, PREFIX, width)).astype(np.float32))
   input_mask = jnp.ones((batch, PREFIX), bool)
   mask_ar = jnp.zeros((batch, PREFIX), jnp.int32)
-  with SAMPLERS[variant]():
+  with sampler_variant(variant):
     generate = sampler.make_generate(model, max_new_tokens=NEW_TOKENS, eos_id=-1).lower(
         variables, x, input_mask, mask_ar).compile()
   timing = common.time_call(lambda: generate(variables, x, input_mask, mask_ar)["tokens"],
@@ -166,7 +157,7 @@ def run(quick: bool = False) -> dict:
   cases = [("demo", 1, "sampler"), ("bench", 1, "sampler")]
   if not quick:
     cases += [("demo", 16, "sampler"), ("bench", 16, "sampler")]
-    cases += [("bench", batch, variant) for variant in list(SAMPLERS)[1:] for batch in (1, 16)]
+    cases += [("bench", batch, variant) for variant in VARIANTS[1:] for batch in (1, 16)]
   memo = {}
   rows = [measure(name, CONFIGS[name], batch, repeats=2 if quick else 3,
                   bandwidth=bandwidth["bytes_per_s"], variant=variant, no_cache_memo=memo,
