@@ -1,15 +1,19 @@
 """Scoring video files with a trained CP-LLM (also installed as the `cpllm-score` command).
 
-  python -m cpllm.score --workdir=runs/demo [--step=N] [--no-describe] VIDEO|FOLDER|'GLOB'...
+  python -m cpllm.score --workdir=runs/demo [--step=N] [--no-describe] [--decode_timeout=S]
+      VIDEO|FOLDER|'GLOB'...
   python -m cpllm.score --workdir=runs/demo --output=scores.csv my_videos/   # or .jsonl
   python -m cpllm.score --workdir=runs/demo --compare a.mp4 b.mp4
 
 prints one JSON line per video: path, score (clipped to 1..5), level (word), frame_scores,
-level_score and description (greedy). A file that cannot be read gives a line with path and
-error (naming the file and the reason), the others go on, and the exit code is 1 if any
-failed. With --output the lines go to a CSV or JSONL file, flushed per video, with a
-progress bar on stderr. --compare puts both videos in one example (the paper's pairwise
-inference): both scores, the better one, and the decoder's justification.
+level_score and description (greedy). A file that cannot be scored gives a line with path
+and error (naming the file and the reason; for a failure nobody anticipated, the exception's
+type), the others go on, and the exit code is 1 if any failed; only Ctrl-C stops the run.
+Decoding one file may take --decode_timeout seconds (default video.DECODE_TIMEOUT), so a
+hung decoder costs one error line. With --output the lines go to a CSV or JSONL file,
+flushed per video, with a progress bar on stderr. --compare puts both videos in one example
+(the paper's pairwise inference): both scores, the better one, and the decoder's
+justification.
 
 Videos are read with `video.read_key_frames` (config.num_frames segment-centre key frames)
 and prepared by `video.preprocess`, the function the training pipeline uses.
@@ -99,8 +103,10 @@ def restore_params(workdir: str, config, model: cpllm.CPLLM, step: int | None = 
 class Scorer:
   """A trained CP-LLM read from its workdir: config.json, tokenizer and a checkpoint."""
 
-  def __init__(self, workdir: str, step: int | None = None, describe_tokens: int | None = None):
+  def __init__(self, workdir: str, step: int | None = None, describe_tokens: int | None = None,
+               decode_timeout: float | None = None):
     self.workdir = workdir
+    self.decode_timeout = decode_timeout  # seconds per file; None: video.DECODE_TIMEOUT
     self.config = config = load_config(workdir)
     path = os.path.join(workdir, TOKENIZER_FILE)
     self.tokenizer = (tokenizer_lib.Tokenizer(path) if os.path.exists(path) else
@@ -151,15 +157,18 @@ class Scorer:
 
   def read(self, path: str) -> np.ndarray:
     """config.num_frames key frames of a video or image file (raises video.VideoError)."""
-    return video.read_key_frames(path, int(self.config.num_frames))[0]
+    return video.read_key_frames(path, int(self.config.num_frames),
+                                 timeout=self.decode_timeout)[0]
 
   def score_file(self, path: str, describe: bool = True) -> dict[str, Any]:
-    """{'path', 'score', ...} or {'path', 'error'} for a file that cannot be scored."""
+    """{'path', 'score', ...} or {'path', 'error'} for a file that cannot be scored.
+
+    Any failure of this one file (reading, preprocessing, the model) is its error line, so
+    a caller looping over files goes on; KeyboardInterrupt is not caught."""
     try:
-      frames = self.read(path)
-    except (video.VideoError, OSError) as e:
-      return dict(path=path, error=str(e))
-    return dict(path=path, **self.score_frames(frames, describe=describe))
+      return dict(path=path, **self.score_frames(self.read(path), describe=describe))
+    except Exception as e:  # pylint: disable=broad-except
+      return dict(path=path, error=error_text(path, e))
 
   def compare(self, path_a: str, path_b: str) -> dict[str, Any]:
     """The paper's pairwise inference: both videos in one example, both scores, the better
@@ -168,16 +177,24 @@ class Scorer:
     Returns dict(first, second, score_first, score_second, better: 'first' | 'second' |
     'equal', justification) or dict(first, second, error).
     """
+    frames = []
     try:
-      frames = [self.read(path_a), self.read(path_b)]
-    except (video.VideoError, OSError) as e:
-      return dict(first=path_a, second=path_b, error=str(e))
+      for path in (path_a, path_b):
+        frames.append(self.read(path))
+    except Exception as e:  # pylint: disable=broad-except
+      return dict(first=path_a, second=path_b, error=error_text(path, e))
     out = self._forward(self.params, self._batch(frames, COMPARE_PROMPT))
     first, second = (reported_score(s) for s in out["score"][0])
     better = "first" if first > second else "second" if second > first else "equal"
     return dict(first=path_a, second=path_b, score_first=first, score_second=second,
                 better=better, justification=self._generate_text(
                     out, np.array([[True, True]]), COMPARE_PROMPT))
+
+
+def error_text(path: str, error: Exception) -> str:
+  """'path: reason' of a file that failed; the reason names the type of an exception that
+  is not a VideoError (one nobody anticipated)."""
+  return f"{path}: {build_utils.failure_reason(error, path)}"
 
 
 def prompt_arrays(tokenizer: tokenizer_lib.Tokenizer, prompt: str) -> dict[str, np.ndarray]:
@@ -273,10 +290,13 @@ def define_flags():
   flags.DEFINE_string("output", None, "Write the results to this .csv or .jsonl file "
                       "(with a progress bar) instead of JSON lines on stdout.")
   flags.DEFINE_boolean("compare", False, "Compare two videos: which has better quality.")
+  flags.DEFINE_float("decode_timeout", video.DECODE_TIMEOUT, "Seconds decoding one file may "
+                     "take before it is reported as failed (a hung or pathological file).")
 
 
 USAGE = ("usage: cpllm-score --workdir=DIR [--step=N] [--no-describe] [--output=F.csv] "
-         "VIDEO|FOLDER|'GLOB'...\n       cpllm-score --workdir=DIR --compare A B")
+         "[--decode_timeout=S] VIDEO|FOLDER|'GLOB'...\n"
+         "       cpllm-score --workdir=DIR --compare A B")
 
 
 def main(argv):
@@ -286,7 +306,8 @@ def main(argv):
   if flags.FLAGS.compare and len(arguments) != 2:
     raise app.UsageError(f"--compare takes exactly two videos, got {len(arguments)}\n{USAGE}")
   logging.set_verbosity(logging.WARNING)  # stdout carries only the results
-  scorer = Scorer(flags.FLAGS.workdir, flags.FLAGS.step)
+  scorer = Scorer(flags.FLAGS.workdir, flags.FLAGS.step,
+                  decode_timeout=flags.FLAGS.decode_timeout)
   if flags.FLAGS.compare:
     result = scorer.compare(*arguments)
     print(json.dumps(result), flush=True)

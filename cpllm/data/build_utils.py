@@ -6,6 +6,7 @@ goes on; at the end `skips.finish(total, report_dir)` writes `skipped_files_<nam
 more than `max_share` of the inputs were skipped, so a wrong --manual_dir fails loudly
 instead of building an empty set. `skips.check(total)` raises as soon as the share is
 already exceeded (skips only grow), so a long build fails early rather than after hours.
+`failure_reason` words the reason for any exception of one file, anticipated or not.
 
 Files: `FileIndex` resolves the names that label files use (with or without extension,
 with or without a sub-folder, relative to some folder below --manual_dir) to the files
@@ -24,6 +25,8 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from cpllm.data import video
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,17 @@ class SkipLog:
     """Raises TooManySkipped now if the skips so far already exceed the share."""
     if self.exceeded(total):
       self.finish(total, None, failed_report_dir)
+
+
+def failure_reason(error: BaseException, path) -> str:
+  """Why `path` failed, for a report that has a path column: a VideoError's own words
+  without the leading 'path: ', any other exception (one nobody anticipated) with its type,
+  e.g. "KeyError: 'vmaf'"."""
+  text = str(error)
+  if not isinstance(error, video.VideoError):
+    return f"{type(error).__name__}: {text}"
+  prefix = f"{os.fspath(path)}: "
+  return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def use_array_record_by_default(builder, file_format) -> None:

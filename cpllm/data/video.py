@@ -26,6 +26,7 @@ import math
 import os
 import subprocess
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -142,7 +143,8 @@ def _preprocess(frames, ctx_res, num_patches, patch_size, box):
 # Key frames are chosen on the video's timestamps, not frame indices, so a variable frame
 # rate source is sampled evenly in time. Frames come out upright (display matrix applied)
 # and 8-bit RGB whatever the source (10-bit, gray, palette, still image). Every failure is
-# a VideoError naming the file and the reason: dataset builders record it and go on.
+# a VideoError naming the file and the reason (see `_Reading`, the one place where any
+# other exception becomes one): dataset builders record it and go on.
 
 
 Fraction = fractions.Fraction
@@ -154,6 +156,13 @@ class VideoError(ValueError):
 
 class FFmpegError(VideoError):
   """The ffmpeg binary failed; the message ends with the tail of ffmpeg's stderr."""
+
+
+# Seconds one call of probe / read_key_frames / read_frames / bitrate_kbps may spend on one
+# file (all its passes together); their `timeout=` overrides it. A hung decoder is a crash
+# to the user; a minute decodes several minutes of 1080p H.264 on two cores (key frames
+# are picked after decoding every frame).
+DECODE_TIMEOUT = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,21 +206,64 @@ def _av():
   return av
 
 
-class _Open:
-  """`with _Open(path) as (container, stream):` or a VideoError saying why not."""
+class _Reading:
+  """One call's reading of one file: its deadline, and the boundary of the reader.
 
-  def __init__(self, path):
+  `with _Reading(path, timeout) as reading:` turns any exception raised inside that is not
+  already a VideoError (PyAV's errors, a UnicodeDecodeError from metadata, ValueError,
+  IndexError or MemoryError from broken headers, ...) into a VideoError that names the file
+  and keeps the original type: 'x.webm: cannot decode (IndexError: ...)'. KeyboardInterrupt
+  and SystemExit pass through.
+
+  The deadline (`timeout` seconds, None: DECODE_TIMEOUT) covers every pass over the file.
+  `check()` runs between packets, and FFmpeg's interrupt callback (av.open's timeout) stops
+  opening, probing and each packet read, so a demuxer or decoder that loops or stalls over
+  packets ends in 'decoding took longer than N s (limit)'. It cannot interrupt a single C
+  call that never returns (one packet in the decoder): that blocks until it ends.
+  """
+
+  def __init__(self, path, timeout: float | None = None):
     self.path = os.fspath(path)
+    self.timeout = DECODE_TIMEOUT if timeout is None else float(timeout)
+    self.deadline = time.monotonic() + self.timeout
+
+  def left(self) -> float:
+    return max(0.0, self.deadline - time.monotonic())
+
+  def check(self) -> None:
+    if time.monotonic() >= self.deadline:
+      raise VideoError(f"{self.path}: decoding took longer than {self.timeout:g} s (limit; "
+                       "raise it with timeout= or video.DECODE_TIMEOUT)")
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, _):
+    if isinstance(error, Exception) and not isinstance(error, VideoError):
+      raise VideoError(f"{self.path}: cannot decode ({kind.__name__}: {error})") from error
+
+
+class _Open:
+  """`with _Open(reading) as (container, stream):` or a VideoError saying why not."""
+
+  def __init__(self, reading: _Reading):
+    self.reading = reading
+    self.path = reading.path
 
   def __enter__(self):
     av = _av()
     if os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
       raise VideoError(f"{self.path}: empty file")
+    left = self.reading.left()
     try:
-      self.container = av.open(self.path)
+      # Tags are free text that damaged or odd files hold in any encoding: replaced, not
+      # fatal. The timeout bounds each of FFmpeg's blocking steps (open, probe, a read).
+      self.container = av.open(self.path, metadata_errors="replace",
+                               timeout=left if math.isfinite(left) else None)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
       raise VideoError(f"{self.path}: cannot read file ({e.strerror})") from e
     except (av.FFmpegError, OSError) as e:
+      self.reading.check()  # an open interrupted by the deadline
       reason = getattr(e, "strerror", None) or str(e)
       raise VideoError(f"{self.path}: not a readable video or image, or corrupt/truncated "
                        f"({reason})") from e
@@ -230,7 +282,7 @@ class _Open:
     self.container.close()
 
 
-def _decoded(container, stream):
+def _decoded(container, stream, reading: _Reading):
   """Yields decoded frames, skipping packets the decoder rejects.
 
   A damaged packet costs only its own frames; a truncated file yields what it holds.
@@ -238,12 +290,13 @@ def _decoded(container, stream):
   av = _av()
   try:
     for packet in container.demux(stream):
+      reading.check()
       try:
         yield from packet.decode()  # the final empty packet flushes the decoder
       except av.FFmpegError:
         continue
   except av.FFmpegError:  # the demuxer gave up (truncated container): keep what we have
-    return
+    reading.check()  # ... unless the deadline interrupted it
 
 
 def _orientation(frame, stream):
@@ -281,14 +334,15 @@ def _upright(rgb, orient):
   return np.ascontiguousarray(rgb)
 
 
-def _scan(path) -> _Scan:
+def _scan(reading: _Reading) -> _Scan:
   """One pass over the packet headers (timestamps, sizes) that also decodes one frame."""
-  path = os.fspath(path)
+  path = reading.path
   av = _av()
   first, stamps, nbytes = None, [], 0
-  with _Open(path) as (container, stream):
+  with _Open(reading) as (container, stream):
     try:
       for packet in container.demux(stream):
+        reading.check()
         if packet.size and not packet.is_discard:
           ts = packet.pts if packet.pts is not None else packet.dts
           stamps.append((ts, packet.duration or 0))
@@ -298,8 +352,8 @@ def _scan(path) -> _Scan:
             first = next(iter(packet.decode()), None)
           except av.FFmpegError:
             pass
-    except av.FFmpegError:
-      pass  # truncated container: the packets read so far stand
+    except av.FFmpegError:  # truncated container: the packets read so far stand
+      reading.check()  # (unless the deadline interrupted the demuxer)
     if first is None:
       raise VideoError(f"{path}: no decodable video frames")
     orient, ccw = _orientation(first, stream)
@@ -330,13 +384,15 @@ def _scan(path) -> _Scan:
   return _Scan(info, times, end, start, rate, orient, nbytes)
 
 
-def probe(path) -> VideoInfo:
+def probe(path, *, timeout: float | None = None) -> VideoInfo:
   """Size (as displayed), rate, frame count, duration, rotation and pixel format.
 
   Reads every packet header and decodes one frame; raises VideoError when the path cannot
-  be read, holds no video stream, or no frame decodes.
+  be read, holds no video stream, or no frame decodes, or after `timeout` seconds
+  (default DECODE_TIMEOUT).
   """
-  return _scan(path).info
+  with _Reading(path, timeout) as reading:
+    return _scan(reading).info
 
 
 def _nearest(times, targets):
@@ -350,15 +406,15 @@ def _nearest(times, targets):
   return out
 
 
-def _grab(path, scan, wanted):
+def _grab(reading, scan, wanted):
   """One decode pass: ({time: upright uint8[H, W, 3]} for times in `wanted`, decoded times).
 
   Only the wanted frames are converted and kept, so memory is O(len(wanted)) frames.
   """
   got, seen = {}, []
-  with _Open(path) as (container, stream):
+  with _Open(reading) as (container, stream):
     tb = Fraction(stream.time_base) if stream.time_base else None
-    for i, frame in enumerate(_decoded(container, stream)):
+    for i, frame in enumerate(_decoded(container, stream, reading)):
       if scan.start is None or frame.pts is None:
         t = Fraction(i) / scan.rate if scan.start is None else None
       else:
@@ -371,7 +427,7 @@ def _grab(path, scan, wanted):
   return got, seen
 
 
-def read_key_frames(path, num_frames: int):
+def read_key_frames(path, num_frames: int, *, timeout: float | None = None):
   """M key frames by uniform segment-centre sampling over the video's timestamps.
 
   The timeline [0, duration) is cut into M equal segments; for segment j the frame whose
@@ -380,44 +436,48 @@ def read_key_frames(path, num_frames: int):
   A frame that fails to decode is replaced by the decodable frame nearest the same centre.
 
   Returns (uint8[M, H, W, 3] upright RGB, VideoInfo). Raises VideoError for unreadable,
-  non-video, audio-only and undecodable files.
+  non-video, audio-only and undecodable files, and after `timeout` seconds (default
+  DECODE_TIMEOUT) for all passes together.
   """
   if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
     raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-  path = os.fspath(path)
-  scan = _scan(path)
-  targets = [(j + Fraction(1, 2)) * scan.end / num_frames for j in range(num_frames)]
-  plan = _nearest(scan.times, targets)
-  got, seen = _grab(path, scan, set(plan))
-  if any(t not in got for t in plan):  # damaged frames: re-plan over what did decode
-    if not seen:
-      raise VideoError(f"{path}: no decodable video frames")
-    plan = _nearest(sorted(set(seen)), targets)
-    more, _ = _grab(path, scan, set(plan) - set(got))
-    got.update(more)
-    if any(t not in got for t in plan):
-      raise VideoError(f"{path}: decoding is not repeatable (damaged stream)")
-  return np.stack([got[t] for t in plan]), scan.info
+  with _Reading(path, timeout) as reading:
+    scan = _scan(reading)
+    targets = [(j + Fraction(1, 2)) * scan.end / num_frames for j in range(num_frames)]
+    plan = _nearest(scan.times, targets)
+    got, seen = _grab(reading, scan, set(plan))
+    if any(t not in got for t in plan):  # damaged frames: re-plan over what did decode
+      if not seen:
+        raise VideoError(f"{reading.path}: no decodable video frames")
+      plan = _nearest(sorted(set(seen)), targets)
+      more, _ = _grab(reading, scan, set(plan) - set(got))
+      got.update(more)
+      if any(t not in got for t in plan):
+        raise VideoError(f"{reading.path}: decoding is not repeatable (damaged stream)")
+    return np.stack([got[t] for t in plan]), scan.info
 
 
-def read_frames(path):
-  """Every decodable frame, upright RGB: uint8[T, H, W, 3]. Holds all of them: short clips."""
-  path = os.fspath(path)
-  scan = _scan(path)
-  with _Open(path) as (container, stream):
-    frames = [_upright(f.to_ndarray(format="rgb24"), scan.orient)
-              for f in _decoded(container, stream)]
-  if not frames:
-    raise VideoError(f"{path}: no decodable video frames")
-  return np.stack(frames)
+def read_frames(path, *, timeout: float | None = None):
+  """Every decodable frame, upright RGB: uint8[T, H, W, 3]. Holds all of them: short clips.
+
+  Raises VideoError as read_key_frames does."""
+  with _Reading(path, timeout) as reading:
+    scan = _scan(reading)
+    with _Open(reading) as (container, stream):
+      frames = [_upright(f.to_ndarray(format="rgb24"), scan.orient)
+                for f in _decoded(container, stream, reading)]
+    if not frames:
+      raise VideoError(f"{reading.path}: no decodable video frames")
+    return np.stack(frames)
 
 
-def bitrate_kbps(path) -> float:
+def bitrate_kbps(path, *, timeout: float | None = None) -> float:
   """Mean bitrate of the video stream: its packet bytes * 8 / duration, in kbit/s."""
-  scan = _scan(path)
-  if scan.end <= 0:
-    raise VideoError(f"{os.fspath(path)}: zero duration, bitrate undefined")
-  return float(scan.video_bytes * 8 / scan.end / 1000)
+  with _Reading(path, timeout) as reading:
+    scan = _scan(reading)
+    if scan.end <= 0:
+      raise VideoError(f"{reading.path}: zero duration, bitrate undefined")
+    return float(scan.video_bytes * 8 / scan.end / 1000)
 
 
 # ---------------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ test_share 0 or a single source there is only `train`.
 
 Bad inputs — not a video, corrupt or truncated, audio only, zero or one frame, unreadable,
 a missing or NaN MOS in mos.csv, a mos.csv row without a file — are skipped and listed with
-the reason in `skipped_files_crf_variants.tsv` next to the built dataset (path<TAB>reason).
+the reason in `skipped_files_crf_variants.tsv` next to the built dataset (path<TAB>reason),
+and so is a source whose reading, encoding or metrics fail in any other way (the reason
+then names the exception's type); only a collapsed ladder and Ctrl-C stop the build.
 The build fails once more than `max_skip_share` of the inputs are skipped (the report is
 then written to <data_dir>/crf_variants/<config>/). Files with other extensions (.txt,
 .json, images, ...) are not inputs; they are listed once in the log.
@@ -163,11 +165,6 @@ class _Encoded:
   kbps: float
   variants: list
   tmp: str  # the folder holding the variants; removed by the consumer
-
-
-def _reason(error: Exception, path: str) -> str:
-  text = str(error)
-  return text[len(path) + 2:] if text.startswith(path + ": ") else text
 
 
 def _sha256(path: str) -> str:
@@ -299,13 +296,13 @@ class CrfVariants(tfds.core.GeneratorBasedBuilder):
     bar = tfds.core.utils.tqdm(total=len(candidates), unit=" files",
                                desc="crf_variants: checking sources")
     probes = build_utils.map_ordered(lambda c: video.probe(media.path(c[0])), candidates,
-                                     cfg.num_workers, errors=(video.VideoError,))
+                                     cfg.num_workers)  # any failure: that file's skip
     with bar, contextlib.closing(probes):
       for (rel, native, mos), info, error in probes:
         bar.update(1)
         path = media.path(rel)
         if error is not None:
-          skips.record(path, f"unreadable video: {_reason(error, path)}")
+          skips.record(path, f"unreadable video: {build_utils.failure_reason(error, path)}")
         elif info.num_frames < 2:
           skips.record(path, f"too short: {info.num_frames} frame; a compression ladder "
                              "needs a moving video")
@@ -408,12 +405,15 @@ class CrfVariants(tfds.core.GeneratorBasedBuilder):
     bar = tfds.core.utils.tqdm(total=len(sources), unit=" sources",
                                desc=f"crf_variants {split} ({len(cfg.crfs)} CRFs each)")
     work = build_utils.map_ordered(
-        self._encode, sources, cfg.num_workers, errors=(video.VideoError,),
+        self._encode, sources, cfg.num_workers,
         discard=lambda enc: shutil.rmtree(enc.tmp, ignore_errors=True))
     with bar, contextlib.closing(work):
       for source, enc, error in work:
+        if isinstance(error, CollapsedLadder):  # the encoder's fault, not this source's
+          raise error
         if error is not None:
-          skips.record(source.path, f"encode/metrics failed: {_reason(error, source.path)}")
+          skips.record(source.path, "encode/metrics failed: "
+                       + build_utils.failure_reason(error, source.path))
           bar.update(1)
           skips.check(self._total, self._config_dir)
           continue

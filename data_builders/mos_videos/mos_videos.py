@@ -45,11 +45,13 @@ Splits: the official ones where they exist (LSVQ, or a `split` column); otherwis
 A name in a label file is resolved to a file by `build_utils.FileIndex`: with or without
 extension, in any sub-folder of --manual_dir (e.g. LSVQ's ia-batch*/ and yfcc-batch*/, or a
 flattened copy), any of .mp4 .mkv .mov .avi .webm .m4v ... Rows whose file is missing or
-unreadable (corrupt, truncated, audio only, a single frame), whose MOS is missing, NaN or
-outside the dataset's range, or that repeat an id are skipped and listed with the reason in
-`skipped_files_mos_videos.tsv` next to the built dataset; the build fails when more than
-`max_skip_share` of the rows are skipped (the report is then written to the config folder,
-<data_dir>/mos_videos/<config>/).
+unreadable (corrupt, truncated, audio only, a single frame, decoding past
+`video.DECODE_TIMEOUT`, or any failure nobody anticipated: the reason names its type),
+whose MOS is missing, NaN or outside the dataset's range, or that repeat an id are skipped
+and listed with the reason in `skipped_files_mos_videos.tsv` next to the built dataset;
+the build fails when more than `max_skip_share` of the rows are skipped (the report is then
+written to the config folder, <data_dir>/mos_videos/<config>/), and otherwise only Ctrl-C
+stops it.
 
 Options (BuilderConfig fields) and the command line:
 
@@ -271,12 +273,6 @@ _READERS = {"lsvq": _read_lsvq, "konvid": _read_konvid, "livevqc": _read_livevqc
             "ytugc": _read_ytugc, "csv": _read_csv}
 
 
-def _reason(error: Exception, path: str) -> str:
-  """A VideoError message without the leading 'path: ' (the report has a path column)."""
-  text = str(error)
-  return text[len(path) + 2:] if text.startswith(path + ": ") else text
-
-
 def _video_id(name: str) -> str:
   name = name.strip().replace("\\", "/")
   while name.startswith("./"):
@@ -393,12 +389,13 @@ class MosVideos(tfds.core.GeneratorBasedBuilder):
     count = 0
     bar = tfds.core.utils.tqdm(total=len(items), desc=f"mos_videos/{cfg.name} {split}",
                                unit=" videos", leave=False)
-    work = build_utils.map_ordered(load, items, cfg.num_workers, errors=(video.VideoError,))
+    work = build_utils.map_ordered(load, items, cfg.num_workers)  # any failure: a skip
     with bar, contextlib.closing(work):
       for item, result, error in work:
         bar.update(1)
         if error is not None:
-          skips.record(item.path, f"unreadable video: {_reason(error, item.path)}")
+          skips.record(item.path,
+                       f"unreadable video: {build_utils.failure_reason(error, item.path)}")
           skips.check(self._total, self._config_dir)
           continue
         frames, info, kbps = result

@@ -233,6 +233,26 @@ def test_crf_variants_too_many_skipped(tmp_path):
   assert len(reasons) == 4
 
 
+def test_crf_variants_skips_a_source_on_an_unanticipated_error(tmp_path, monkeypatch):
+  src = tmp_path / "src"
+  write(str(src / "a.mp4"), 0)
+  write(str(src / "b.mp4"), 1)
+  real = video.quality_metrics
+
+  def failing_for_b(reference, distorted):  # a bug of ours, not a VideoError
+    if os.path.basename(reference) == "b.mp4":
+      raise KeyError("vmaf")
+    return real(reference, distorted)
+
+  monkeypatch.setattr(video, "quality_metrics", failing_for_b)
+  cfg = crf_variants.CrfVariantsConfig(name="bug", crfs=(30,), num_frames=M, test_share=0.0,
+                                       max_skip_share=0.5)
+  builder = build(crf_variants.CrfVariants, cfg, src, tmp_path / "out")
+  assert {text(r["id"]) for r in records(builder.data_path, "train")} == {"a", "a@crf30"}
+  assert report(os.path.join(builder.data_path, "skipped_files_crf_variants.tsv")) == {
+      str(src / "b.mp4"): "encode/metrics failed: KeyError: 'vmaf'"}
+
+
 @pytest.mark.parametrize("crfs,words", [
     ((15, 51, 53), ["53", "clamps", "byte-identical", "15..53 ladder cannot be made"]),
     ((18, 30, 30), ["repeated"]),
