@@ -9,10 +9,13 @@ PYTEST_ARGS ?= -n auto --dist loadfile
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# requirements-baselines.txt: BRISQUE's heavy dependencies (OpenCV), for the real-footage
+# table; installed here too so that its tests run rather than skip.
+$(STAMP): requirements.txt requirements-baselines.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r requirements-baselines.txt
 	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
