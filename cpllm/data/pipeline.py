@@ -9,19 +9,22 @@ Training (`train_dataset`):
 
 Pairs (the paper's Single / Pairwise / Mix is the `mix` weights):
   single       video A alone; B's slot repeats A and video_mask = [True, False].
-  same_source  two variants of one source, the lower CRF first (an unprocessed source,
-               crf = NO_CRF, counts as the lowest).
-  cross        two videos of different sources, the higher MOS first.
+  same_source  two variants of one source with different CRFs.
+  cross        two videos of different sources.
+Which slot of a pair holds the better video is a fair coin per example, so the decoder
+cannot learn "A is better" from the slots: the pairwise hinge reads each slot's own MOS,
+and the SIG comparison names the slot with the higher MOS (first or second).
 A pair kind that is impossible for an anchor (a source without other variants, a
 one-source dataset) falls back to the next kind in the order same_source -> cross ->
-single; the count of each kind actually produced is reported by `plan_counts`.
+single; the kind actually produced is each example's `pair_kind`.
 
 Text tasks: a single video with dimension scores gets, with probability `reason_rate`, the
 GRPO prompt with its SIG chain-of-thought target ('<think>...</think><answer>3.42</answer>',
 the quality_instructions builder's 'grpo' kind), which teaches the format GRPO starts from;
 otherwise the level prompt (target " <level>.", with probability `level_rate`, or when it
 has no description) or the description prompt with its description. A pair of videos with
-dimension scores gets the SIG comparison, otherwise the first video's single-video text.
+dimension scores gets the SIG comparison, otherwise the single-video text of slot A
+(either video of the pair, by the coin).
 
 GRPO (`grpo_dataset`): single videos, each with a temporally perturbed copy of its key
 frames (cpllm.data.perturb) in slot B, for the temporal-consistency reward.
@@ -206,18 +209,19 @@ class PlanPair(grain.transforms.RandomMap):
       others = others[meta.crf[others] != meta.crf[anchor]]
       if len(others):
         b = int(rng.choice(others))
-        rank = lambda i: (meta.crf[i], i)  # NO_CRF (-1) sorts first: the source itself.
-        a, b = sorted((anchor, b), key=rank)
       else:
         kind = PairKind.CROSS
     if kind == PairKind.CROSS:
       others = np.flatnonzero(meta.source_ids != meta.source_ids[anchor])
       if len(others):
         b = int(rng.choice(others))
-        if meta.mos[b] > meta.mos[anchor]:
-          a, b = b, anchor
       else:
         kind = PairKind.SINGLE
+    # A fair coin per pair decides which slot the anchor takes: the draws above do not make
+    # "the better video is in A" a 50/50 event (an unprocessed source as anchor is better
+    # than every partner), and a decoder would learn the slot instead of the videos.
+    if kind != PairKind.SINGLE and rng.random() < 0.5:
+      a, b = b, a
     if (kind == PairKind.SINGLE and self.reason_rate
         and np.isfinite(meta.dimensions[a]).any() and rng.random() < self.reason_rate):
       task = Task.REASON

@@ -156,6 +156,21 @@ def test_compare_names_the_higher_score():
     assert a.startswith(f"The {'first' if oa > ob else 'second'} video is")
 
 
+def test_compare_mirrors_when_the_slots_swap():
+  """The pipeline puts the better video in either slot: swapping the two videos swaps
+  'first' and 'second' in the answer and changes nothing else."""
+  rng = np.random.default_rng(3)
+  swap = lambda text: re.sub(r"first|second",
+                             lambda m: "second" if m[0] == "first" else "first", text)
+  for _ in range(200):
+    dims_a, oa = random_video(rng)
+    dims_b, ob = {n: float(rng.uniform(1, 5)) for n in dims_a}, float(rng.uniform(1, 5))
+    seed = int(rng.integers(2**31))
+    q_ab, ab = I.compare(dims_a, oa, dims_b, ob, rng=np.random.default_rng(seed))
+    q_ba, ba = I.compare(dims_b, ob, dims_a, oa, rng=np.random.default_rng(seed))
+    assert q_ab == q_ba and ba == swap(ab), (ab, ba)
+
+
 def test_grpo_target_format_and_rounding():
   rng = np.random.default_rng(0)
   dims = {"sharpness": 2.1, "noise": 4.5}
