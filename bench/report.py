@@ -133,9 +133,35 @@ def scaling(r: dict) -> str:
   return f"{table}\n\n{plots}"
 
 
+def score_speed(r: dict) -> str:
+  """Seconds per video (key-frame decoding + the scorer's own time), then the split and the
+  first calls (cpllm's compile its preprocessing for each frame size)."""
+  per_video = common.markdown_table(
+      r["rows"], ["video", "kbps", "cpllm_s", "cpllm_describe_s", "brisque_s", "niqe_s",
+                  "ratio", "own_ratio", "describe_ratio"],
+      ["video", "kbit/s", "**cpllm s/video**", "cpllm + description s/video",
+       "**BRISQUE s/video**", "NIQE s/video", "**cpllm / BRISQUE**",
+       "cpllm / BRISQUE, own time", "cpllm + description / BRISQUE"])
+  split = common.markdown_table(
+      r["rows"], ["video", "decode_s", "cpllm_own_s", "cpllm_describe_own_s",
+                  "brisque_own_s", "niqe_own_s", "cpllm_first_s", "cpllm_describe_first_s",
+                  "brisque_first_s", "niqe_first_s"],
+      ["video", "key-frame decode s (shared)", "cpllm own s", "cpllm + description own s",
+       "BRISQUE own s", "NIQE own s", "cpllm first call own s",
+       "cpllm + description first call own s", "BRISQUE first call own s",
+       "NIQE first call own s"])
+  tokens = sorted({row["description_tokens"] for row in r["rows"]})
+  return (f"{per_video}\n\n{split}\n\ncpllm: {r['workdir']}, {r['key_frames']} key frames "
+          f"for every scorer; descriptions of {'/'.join(map(str, tokens))} tokens (at most "
+          f"{r['describe_tokens']}). Medians of {r['repeats']} repeats. Once per process: "
+          f"`Scorer(workdir)` {common.fmt(r['setup_s']['scorer'])} s, `baselines.load` "
+          f"{common.fmt(r['setup_s']['baselines'])} s. "
+          + "; ".join(f"{k}: {v}" for k, v in r["packages"].items()) + ".")
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = dict(
     train_step=train_step, decode=decode, score_only=score_only, pipeline=pipeline,
-    memory=memory, scaling=scaling)
+    memory=memory, scaling=scaling, score_speed=score_speed)
 
 
 def replace_block(text: str, name: str, body: str) -> str:

@@ -2,7 +2,7 @@
 `make bench-quick`), then rewrites the numbers in BENCHMARKS.md from the result files.
 
 Each benchmark prints its table and writes bench/results/<name>.json; --quick takes fewer
-repeats and smaller sweeps (under 3 minutes on a 2-core CPU). Order matters a little:
+repeats and smaller sweeps (about 3.5 minutes on a 2-core CPU). Order matters a little:
 score_only projects the paper config at train_step's measured MFU.
 """
 
@@ -17,7 +17,7 @@ import time
 # TensorFlow (imported by TFDS for the pipeline benchmark) logs a banner at import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-NAMES = ("train_step", "decode", "score_only", "pipeline", "memory", "scaling")
+NAMES = ("train_step", "decode", "score_only", "pipeline", "memory", "scaling", "score_speed")
 
 
 def main(argv=None) -> None:

@@ -3,9 +3,11 @@ lower bound against a hand count, the roofline bytes, the report renderer. No ti
 asserted anywhere (speed is only measured by the benchmarks themselves)."""
 
 import json
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -13,7 +15,10 @@ from bench import common
 from bench import decode
 from bench import report
 from bench import scaling
+from bench import score_speed
 from bench import workloads
+from cpllm.data import video
+from cpllm.evals import baselines as baselines_lib
 from cpllm.models import cpllm
 
 
@@ -144,3 +149,53 @@ def test_write_and_read_result(tmp_path):
   assert {"cpu", "cores", "jax", "date", "load_average"} <= set(data["machine"])
   assert common.read_result("x", str(tmp_path))["name"] == "x"
   assert common.read_result("missing", str(tmp_path)) is None
+
+
+class StubScorer:
+  """score.Scorer's reading (the real key-frame decoder) without a model: the score is the
+  mean pixel and the description three words (the model is timed by the benchmark only)."""
+  config = ml_collections.ConfigDict(dict(num_frames=3, describe_tokens=3))
+  tokenizer = types.SimpleNamespace(encode=str.split)
+  step = 0
+
+  def read(self, path):
+    return video.read_key_frames(path, self.config.num_frames)[0]
+
+  def score_frames(self, frames, describe=True):
+    out = dict(score=1 + 4 * float(frames.mean()) / 255)
+    return dict(out, description="fair and sharp") if describe else out
+
+
+def test_score_speed_rows_and_report(tmp_path):
+  """One 256x200 video (NIQE needs 194 pixels a side), the real BRISQUE and NIQE beside a
+  stub scorer: a row per video with every scorer's repeats and first call, seconds per
+  video = decode + own time, the ratio to BRISQUE, and the report renders it."""
+  paths = score_speed.make_videos(str(tmp_path), sizes=((256, 200),), seconds=0.4)
+  assert list(paths) == ["256x200"]
+  assert video.probe(paths["256x200"]).width == 256
+  scorer, baselines = StubScorer(), baselines_lib.load(["brisque", "niqe"])
+  (row,) = score_speed.measure(scorer, baselines, paths, repeats=2)
+  assert row["video"] == "256x200" and row["kbps"] > 0 and row["description_tokens"] == 3
+  assert len(row["decode_times"]) == 2
+  for name in score_speed.SCORERS:
+    assert len(row[f"{name}_times"]) == 2 and row[f"{name}_first_s"] > 0
+    assert row[f"{name}_s"] == row["decode_s"] + row[f"{name}_own_s"]
+  assert row["ratio"] == row["cpllm_s"] / row["brisque_s"]
+  result = score_speed.summarise([row], scorer, "a stub", baselines, 2,
+                                 dict(scorer=1.0, baselines=0.5))
+  assert result["key_frames"] == 3 and result["ratio"] == {"256x200": row["ratio"]}
+  common.write_result("score_speed", result, quick=True, results_dir=str(tmp_path))
+  text = report.render("<!-- bench:machine -->\n<!-- /bench:machine -->\n"
+                       "<!-- bench:score_speed -->\n<!-- /bench:score_speed -->\n",
+                       dict(score_speed=common.read_result("score_speed", str(tmp_path))))
+  assert f"| 256x200 | {common.fmt(row['kbps'])} | {common.fmt(row['cpllm_s'])} |" in text
+  assert "| score_speed |" in text and "cpllm: a stub, 3 key frames" in text
+
+
+def test_trained_needs_a_config_and_a_numbered_checkpoint(tmp_path):
+  assert not score_speed.trained(str(tmp_path))
+  (tmp_path / "config.json").write_text("{}")
+  (tmp_path / "checkpoints" / "tmp").mkdir(parents=True)
+  assert not score_speed.trained(str(tmp_path))
+  (tmp_path / "checkpoints" / "600").mkdir()
+  assert score_speed.trained(str(tmp_path))
