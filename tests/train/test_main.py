@@ -1,89 +1,29 @@
-"""End to end on a tiny built demo_videos: train a few steps, evaluate, resume, score video
-files from the workdir; a run killed with SIGKILL and resumed ends with exactly the
-parameters of an uninterrupted run."""
+"""End to end on a tiny built demo_videos (tests/train/conftest.py): train a few steps,
+evaluate, resume, score video files from the workdir (Python, command line, SavedModel).
+Killing and resuming: test_resume.py; GRPO from the trained workdir: test_grpo_main.py."""
 
-import contextlib
 import csv
-import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import flags
 
-from cpllm import configs
 from cpllm import demo
 from cpllm import export
+from cpllm import real_footage
 from cpllm import score
 from cpllm.data import instructions
 from cpllm.data import pipeline
 from cpllm.data import video
-from cpllm.train import grpo
 from cpllm.train import trainer
-from data_builders.demo_videos import demo_videos
-
-flags.FLAGS.mark_as_parsed()
-
-TINY_DATA = dict(name="tiny", sources=("chelsea", "coins", "rocket", "coffee"), height=48,
-                 width=64, clip_frames=8, num_frames=3, crfs=(23, 27, 33, 43),
-                 blur_sigmas=(2.5,), noise_sigmas=(20.0,), exposure_gains=(),
-                 stutter_strengths=(), drop_strengths=(), test_share=0.25, vocab_size=600)
-REPO = str(configs.REPO_ROOT)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("tfds")
-  demo_videos.DemoVideos(config=demo_videos.DemoVideosConfig(**TINY_DATA),
-                         data_dir=str(path)).download_and_prepare()
-  return str(path)
-
-
-def smoke_overrides(data_dir):
-  return {"data.data_dir": data_dir, "model.decoder.vocab_size": 600, "num_frames": 2,
-          "batch_size": 8, "eval_batch_size": 8,
-          "text_len": 176, "model.ctx_res": 32, "model.patch_size": 16,
-          "model.pix_box": (48, 96), "describe_tokens": 8}
-
-
-def smoke_config(data_dir, **over):
-  config = configs.load("configs/demo.py:smoke")
-  for key, value in dict(smoke_overrides(data_dir), **over).items():
-    target, *path = key.split(".")
-    if path:
-      node = config[target]
-      for part in path[:-1]:
-        node = node[part]
-      node[path[-1]] = value
-    else:
-      config[key] = value
-  return config
-
-
-def final_params(workdir):
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))["state"]
-  return manager.latest_step(), restored
-
-
-@pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
-  """(workdir, metrics, printed) of one 6-step smoke run with an evaluation at the end."""
-  workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  printed = io.StringIO()
-  with contextlib.redirect_stdout(printed):
-    metrics = trainer.main(smoke_config(data_dir), workdir)
-  return workdir, metrics, printed.getvalue()
+from tests.data import test_pair_order
+from tests.train import e2e
 
 
 def test_train_evaluate_and_resume(data_dir, trained, capsys):
@@ -103,61 +43,10 @@ def test_train_evaluate_and_resume(data_dir, trained, capsys):
   assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 6
   assert "step 6/6" in printed and "ETA" in printed
 
-  # Same command again: nothing left to train, the last evaluation is returned.
-  again = trainer.main(smoke_config(data_dir), workdir)
+  # Same e2e.command again: nothing left to train, the last evaluation is returned.
+  again = trainer.main(e2e.smoke_config(data_dir), workdir)
   assert again["srcc"] == metrics["srcc"]
   assert "resumed from step 6" in capsys.readouterr().out
-
-
-def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(data_dir, tmp_path):
-  workdir = str(tmp_path / "run")
-  trainer.main(smoke_config(data_dir, total_steps=3, eval_every=100), workdir)
-  bad = smoke_config(data_dir, total_steps=6, loss_weights=dict(pair=1.0, reg=float("nan"),
-                                                                text=1.0))
-  with pytest.raises(FloatingPointError, match=r"step 4: .*step 3\) is intact"):
-    trainer.main(bad, workdir)
-  step, _ = final_params(workdir)
-  assert step == 3
-
-
-def command(data_dir, workdir, steps):
-  args = [sys.executable, "-m", "cpllm.main", "--config=configs/demo.py:smoke",
-          f"--workdir={workdir}", f"--config.total_steps={steps}",
-          "--config.checkpoint_every=2", "--config.eval_every=1000"]
-  for key, value in smoke_overrides(data_dir).items():
-    args.append(f"--config.{key}={value if not isinstance(value, tuple) else list(value)}")
-  return args
-
-
-def test_sigkill_and_resume_give_identical_parameters(data_dir, tmp_path):
-  steps = 8
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  straight = str(tmp_path / "straight")
-  subprocess.run(command(data_dir, straight, steps), cwd=REPO, env=env, check=True,
-                 capture_output=True, timeout=600)
-
-  killed = str(tmp_path / "killed")
-  proc = subprocess.Popen(command(data_dir, killed, steps), cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 600
-  ckpt = os.path.join(killed, "checkpoints", "4", "commit_success.txt")
-  while not os.path.exists(ckpt) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert os.path.exists(ckpt), "the run ended before its step-4 checkpoint"
-  resumed = subprocess.run(command(data_dir, killed, steps), cwd=REPO, env=env, check=True,
-                           capture_output=True, text=True, timeout=600)
-  assert "resumed from step" in resumed.stdout
-
-  (step_a, a), (step_b, b) = final_params(straight), final_params(killed)
-  assert step_a == step_b == steps
-  flat = lambda tree: {k: np.asarray(v) for k, v in trainer.traverse_util.flatten_dict(
-      tree, sep="/").items()}
-  fa, fb = flat(a["trainable"]), flat(b["trainable"])
-  assert fa.keys() == fb.keys()
-  for key in fa:
-    np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
 
 
 def test_scorer_scores_files_with_the_checkpoint_the_trainer_wrote(data_dir, trained, tmp_path):
@@ -176,7 +65,7 @@ def test_scorer_scores_files_with_the_checkpoint_the_trainer_wrote(data_dir, tra
 
   # Reference: the whole saved state restored by orbax's plain path, then only the two
   # encoders and the score head (no pair padding, no decoder) on the same frames.
-  _, state = final_params(workdir)
+  _, state = e2e.final_params(workdir)
   params = trainer.combine(state["trainable"], state["frozen"])
   ctx, patches = video.preprocess(frames, scorer.config.model)
   _, _, frame_scores = scorer.model.apply({"params": params}, ctx, patches,
@@ -192,6 +81,11 @@ def test_scorer_scores_files_with_the_checkpoint_the_trainer_wrote(data_dir, tra
   bad.write_bytes(b"not a video")
   failed = scorer.score_file(str(bad))
   assert set(failed) == {"path", "error"} and str(bad) in failed["error"]
+  # The real-footage ladder ranks by the unclipped mean of the frame scores.
+  score_file, _ = real_footage.cpllm_scorer(workdir)
+  assert score_file(path) == pytest.approx(float(np.mean(frame_scores)), abs=1e-5)
+  with pytest.raises(video.VideoError, match="broken.mp4"):
+    score_file(str(bad))
   with pytest.raises(FileNotFoundError, match="no checkpoint of step 5"):
     score.Scorer(workdir, step=5)
 
@@ -255,6 +149,9 @@ def test_score_command_line_folders_globs_csv_compare_and_exit_code(data_dir, tr
                               else "equal")
   assert isinstance(result["justification"], str)
   assert "error" in scorer.compare(str(folder / "a.mkv"), str(folder / "broken.mp4"))
+  # Either slot order gives the same judgement: the scores swap with the videos.
+  test_pair_order.assert_compare_is_order_free(scorer, str(folder / "a.mkv"),
+                                               str(folder / "sub" / "b.mkv"))
   flags.FLAGS.unparse_flags()
   flags.FLAGS.mark_as_parsed()
 
@@ -343,57 +240,3 @@ def test_scorer_takes_the_files_users_have(trained, tmp_path):
     assert "error" not in line, line
     assert 1.0 <= line["score"] <= 5.0 and np.isfinite(line["frame_scores"]).all(), path
     assert len(line["frame_scores"]) == 2  # config.num_frames key frames, stills repeated
-
-
-def test_grpo_from_the_supervised_run_trains_adapters_only(data_dir, trained, tmp_path,
-                                                           capsys):
-  sft_dir = trained[0]
-  config = configs.load("configs/demo_grpo.py:smoke")
-  config.data.data_dir = data_dir
-  config.grpo.init_workdir = sft_dir
-  workdir = str(tmp_path / "grpo")
-  metrics = grpo.main(config, workdir)
-  printed = capsys.readouterr().out
-  assert "before GRPO: answer parse rate" in printed and "GRPO step 2/2" in printed
-
-  for step in (0, 2):  # before the first GRPO step and at the end
-    out = json.load(open(os.path.join(workdir, "eval", str(step), "metrics.json")))
-    for key in ("srcc", "flip_rate", "level_srcc", "answer_parse_rate", "answer_srcc",
-                "answer_plcc", "answer_flip_rate"):
-      assert key in out, (step, key)
-    answers = open(os.path.join(workdir, "eval", str(step), "answers.jsonl")).readlines()
-    assert len(answers) == out["n_videos"]
-  assert metrics["step"] == 2
-  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  train_rows = {r["step"]: r for r in rows if "reward_total" in r}
-  assert set(train_rows) == {1, 2}
-  for row in train_rows.values():
-    for key in ("reward_format", "reward_regression", "reward_ranking", "reward_temporal",
-                "parse_rate", "kl", "response_length", "loss"):
-      assert np.isfinite(row[key]) or key == "score_error", key
-    assert 1 <= row["response_length"] <= config.grpo.max_new_tokens
-  # The first update starts at the reference: the k3 KL is exactly zero there.
-  assert train_rows[1]["kl"] < 1e-6
-  assert os.path.getsize(os.path.join(workdir, "rewards.png")) > 10_000
-
-  sft_step, sft = final_params(sft_dir)
-  step, state = final_params(workdir)
-  assert step == 2
-  flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-                       for path, v in jax.tree_util.tree_leaves_with_path(tree)}
-  sft_params = flat(trainer.combine(sft["trainable"], sft["frozen"]))
-  trained_now, frozen_now, reference = (flat(state[k]) for k in
-                                        ("trainable", "frozen", "reference"))
-  assert trained_now and all("lora_" in k for k in trained_now)
-  assert any(not np.array_equal(v, sft_params[k]) for k, v in trained_now.items())
-  for name, value in frozen_now.items():  # everything else is the supervised model
-    np.testing.assert_array_equal(value, sft_params[name], err_msg=name)
-  for name, value in reference.items():  # the reference: the supervised adapters
-    np.testing.assert_array_equal(value, sft_params[name], err_msg=name)
-
-  again = grpo.main(config, workdir)  # finished: resumes and returns the last evaluation
-  assert again["answer_parse_rate"] == metrics["answer_parse_rate"]
-  table = demo.grpo_table(json.load(open(os.path.join(workdir, "eval", "0", "metrics.json"))),
-                          again).splitlines()
-  assert table[0] == "| metric | before (step 0) | after (step 2) |"
-  assert any(line.startswith("| answer_flip_rate d=4 |") for line in table)

@@ -17,10 +17,7 @@ import pytest
 from cpllm import configs
 from cpllm.train import grpo
 from cpllm.train import trainer
-from tests.train.test_main import REPO
-from tests.train.test_main import command
-from tests.train.test_main import data_dir  # noqa: F401 (the fixture)
-from tests.train.test_main import smoke_config
+from tests.train import e2e
 
 STEPS = 4
 RUN_FLAGS = dict(log_every=1, checkpoint_every=2, eval_every=STEPS)
@@ -41,10 +38,10 @@ def restore_state(workdir, like=None):
 
 
 @pytest.fixture(scope="module")
-def single(data_dir, tmp_path_factory):  # noqa: F811
+def single(data_dir, tmp_path_factory):
   """(workdir, last evaluation) of the smoke run in this one process on 8 devices."""
   workdir = str(tmp_path_factory.mktemp("single") / "run")
-  return workdir, trainer.main(smoke_config(data_dir, total_steps=STEPS, **RUN_FLAGS),
+  return workdir, trainer.main(e2e.smoke_config(data_dir, total_steps=STEPS, **RUN_FLAGS),
                                workdir)
 
 
@@ -52,15 +49,14 @@ def run_two_processes(args, log_dir):
   """Runs `args` (a cpllm.main command line) as processes 0 and 1 of one job; returns
   their logs."""
   port = portpicker.pick_unused_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  env = e2e.subprocess_env(4)
   procs, logs = [], []
   for process_id in range(2):
     logs.append(open(log_dir / f"process{process_id}.log", "w+"))
     procs.append(subprocess.Popen(
         args + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                 f"--process_id={process_id}"],
-        cwd=REPO, env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
+        cwd=e2e.REPO, env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
   texts = []
   for proc, log in zip(procs, logs):
     try:
@@ -73,10 +69,10 @@ def run_two_processes(args, log_dir):
   return texts
 
 
-def test_two_processes_train_like_one(data_dir, single, tmp_path):  # noqa: F811
+def test_two_processes_train_like_one(data_dir, single, tmp_path):
   single, want_eval = single
   multi = str(tmp_path / "multi")
-  logs = run_two_processes(command(data_dir, multi, STEPS) + [
+  logs = run_two_processes(e2e.command(data_dir, multi, STEPS) + [
       f"--config.{k}={v}" for k, v in RUN_FLAGS.items()], tmp_path)
   assert "process 0 of 2 feeds block 0 of 2" in logs[0]
   assert "process 1 of 2 feeds block 1 of 2" in logs[1]
@@ -106,7 +102,7 @@ def test_two_processes_train_like_one(data_dir, single, tmp_path):  # noqa: F811
                                err_msg=key)
 
 
-def test_two_processes_run_grpo_like_one(data_dir, single, tmp_path):  # noqa: F811
+def test_two_processes_run_grpo_like_one(data_dir, single, tmp_path):
   """Rollouts sampled on both processes' devices, their texts all-gathered for the rewards,
   the update, and the answers of the evaluation. (The 4-step supervised model earns no
   reward yet, so what the update sees is the KL term; the sampled responses are what

@@ -1,0 +1,68 @@
+"""GRPO end to end, from the trained smoke workdir (tests/train/conftest.py): rollouts,
+rewards, updates of the LoRA adapters only, evaluations before and after, resume."""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from cpllm import configs
+from cpllm import demo
+from cpllm.train import grpo
+from cpllm.train import trainer
+from tests.train import e2e
+
+
+def test_grpo_from_the_supervised_run_trains_adapters_only(data_dir, trained, tmp_path,
+                                                           capsys):
+  sft_dir = trained[0]
+  config = configs.load("configs/demo_grpo.py:smoke")
+  config.data.data_dir = data_dir
+  config.grpo.init_workdir = sft_dir
+  workdir = str(tmp_path / "grpo")
+  metrics = grpo.main(config, workdir)
+  printed = capsys.readouterr().out
+  assert "before GRPO: answer parse rate" in printed and "GRPO step 2/2" in printed
+
+  for step in (0, 2):  # before the first GRPO step and at the end
+    out = json.load(open(os.path.join(workdir, "eval", str(step), "metrics.json")))
+    for key in ("srcc", "flip_rate", "level_srcc", "answer_parse_rate", "answer_srcc",
+                "answer_plcc", "answer_flip_rate"):
+      assert key in out, (step, key)
+    answers = open(os.path.join(workdir, "eval", str(step), "answers.jsonl")).readlines()
+    assert len(answers) == out["n_videos"]
+  assert metrics["step"] == 2
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  train_rows = {r["step"]: r for r in rows if "reward_total" in r}
+  assert set(train_rows) == {1, 2}
+  for row in train_rows.values():
+    for key in ("reward_format", "reward_regression", "reward_ranking", "reward_temporal",
+                "parse_rate", "kl", "response_length", "loss"):
+      assert np.isfinite(row[key]) or key == "score_error", key
+    assert 1 <= row["response_length"] <= config.grpo.max_new_tokens
+  # The first update starts at the reference: the k3 KL is exactly zero there.
+  assert train_rows[1]["kl"] < 1e-6
+  assert os.path.getsize(os.path.join(workdir, "rewards.png")) > 10_000
+
+  sft_step, sft = e2e.final_params(sft_dir)
+  step, state = e2e.final_params(workdir)
+  assert step == 2
+  flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+                       for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+  sft_params = flat(trainer.combine(sft["trainable"], sft["frozen"]))
+  trained_now, frozen_now, reference = (flat(state[k]) for k in
+                                        ("trainable", "frozen", "reference"))
+  assert trained_now and all("lora_" in k for k in trained_now)
+  assert any(not np.array_equal(v, sft_params[k]) for k, v in trained_now.items())
+  for name, value in frozen_now.items():  # everything else is the supervised model
+    np.testing.assert_array_equal(value, sft_params[name], err_msg=name)
+  for name, value in reference.items():  # the reference: the supervised adapters
+    np.testing.assert_array_equal(value, sft_params[name], err_msg=name)
+
+  again = grpo.main(config, workdir)  # finished: resumes and returns the last evaluation
+  assert again["answer_parse_rate"] == metrics["answer_parse_rate"]
+  table = demo.grpo_table(json.load(open(os.path.join(workdir, "eval", "0", "metrics.json"))),
+                          again).splitlines()
+  assert table[0] == "| metric | before (step 0) | after (step 2) |"
+  assert any(line.startswith("| answer_flip_rate d=4 |") for line in table)
