@@ -1,6 +1,6 @@
 """Fixtures of the end-to-end tests, one per xdist worker (session scope): the tiny built
-demo_videos and one trained smoke workdir that the tests read and never change (a test
-that needs to change it works on a copy)."""
+demo_videos, one trained smoke workdir and one GRPO run from it, which the tests read and
+never change (a test that needs to change one works on a copy)."""
 
 import contextlib
 import io
@@ -8,6 +8,8 @@ import io
 import pytest
 from absl import flags
 
+from cpllm import configs
+from cpllm.train import grpo
 from cpllm.train import trainer
 from data_builders.demo_videos import demo_videos
 from tests.train import e2e
@@ -29,5 +31,18 @@ def trained(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    metrics = trainer.main(e2e.smoke_config(data_dir, total_steps=e2e.SMOKE_STEPS), workdir)
+    metrics = trainer.main(e2e.smoke_config(data_dir, **e2e.SMOKE_RUN), workdir)
   return workdir, metrics, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def grpo_run(data_dir, trained, tmp_path_factory):
+  """(workdir, metrics, printed, config) of 2 GRPO steps from the trained workdir, with the
+  evaluations before and after."""
+  config = configs.load("configs/demo_grpo.py:smoke")
+  config.data.data_dir, config.grpo.init_workdir = data_dir, trained[0]
+  workdir = str(tmp_path_factory.mktemp("grpo") / "run")
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    metrics = grpo.main(config, workdir)
+  return workdir, metrics, printed.getvalue(), config

@@ -1,28 +1,23 @@
 """GRPO end to end, from the trained smoke workdir (tests/train/conftest.py): rollouts,
-rewards, updates of the LoRA adapters only, evaluations before and after, resume."""
+rewards, updates of the LoRA adapters only, evaluations before and after, resume; and the
+same run as two processes of one job."""
 
 import json
 import os
+import sys
 
 import jax
 import numpy as np
 
-from cpllm import configs
 from cpllm import demo
 from cpllm.train import grpo
 from cpllm.train import trainer
 from tests.train import e2e
 
 
-def test_grpo_from_the_supervised_run_trains_adapters_only(data_dir, trained, tmp_path,
-                                                           capsys):
+def test_grpo_from_the_supervised_run_trains_adapters_only(trained, grpo_run):
   sft_dir = trained[0]
-  config = configs.load("configs/demo_grpo.py:smoke")
-  config.data.data_dir = data_dir
-  config.grpo.init_workdir = sft_dir
-  workdir = str(tmp_path / "grpo")
-  metrics = grpo.main(config, workdir)
-  printed = capsys.readouterr().out
+  workdir, metrics, printed, config = grpo_run
   assert "before GRPO: answer parse rate" in printed and "GRPO step 2/2" in printed
 
   for step in (0, 2):  # before the first GRPO step and at the end
@@ -66,3 +61,26 @@ def test_grpo_from_the_supervised_run_trains_adapters_only(data_dir, trained, tm
                           again).splitlines()
   assert table[0] == "| metric | before (step 0) | after (step 2) |"
   assert any(line.startswith("| answer_flip_rate d=4 |") for line in table)
+
+
+def test_two_processes_run_grpo_like_one(data_dir, trained, grpo_run, tmp_path):
+  """Rollouts sampled on both processes' devices, their texts all-gathered for the rewards,
+  the update, and the answers of the evaluation. (The 6-step supervised model earns no
+  reward yet, so what the update sees is the KL term; the sampled responses are what
+  differs between processes, and they must be the same.)"""
+  sft_dir, single_dir = trained[0], grpo_run[0]
+  multi = str(tmp_path / "grpo_multi")
+  e2e.run_two_processes([sys.executable, "-m", "cpllm.main",
+                         "--config=configs/demo_grpo.py:smoke", f"--workdir={multi}",
+                         f"--config.data.data_dir={data_dir}",
+                         f"--config.grpo.init_workdir={sft_dir}"], tmp_path)
+  rollout_rows = lambda d: [r for r in e2e.read_jsonl(os.path.join(d, "metrics.jsonl"))
+                            if "reward_total" in r]
+  want_rows, rows = rollout_rows(single_dir), rollout_rows(multi)
+  assert [r["step"] for r in rows] == [r["step"] for r in want_rows] == [1, 2]
+  for key in ("response_length", "parse_rate", "reward_total", "loss", "kl", "grad_norm"):
+    np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in want_rows],
+                               rtol=1e-4, atol=1e-6, err_msg=key)
+  for step in ("0", "2"):
+    answers = lambda d: e2e.read_jsonl(os.path.join(d, "eval", step, "answers.jsonl"))
+    assert answers(multi) == answers(single_dir)

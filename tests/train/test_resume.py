@@ -22,8 +22,8 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(data_dir, trained,
   and leaves the last checkpoint as it was."""
   workdir = str(tmp_path / "run")
   shutil.copytree(trained[0], workdir)
-  steps = e2e.SMOKE_STEPS
-  bad = e2e.smoke_config(data_dir, total_steps=steps + 2,
+  steps = e2e.SMOKE_RUN["total_steps"]
+  bad = e2e.smoke_config(data_dir, **dict(e2e.SMOKE_RUN, total_steps=steps + 2),
                          loss_weights=dict(pair=1.0, reg=float("nan"), text=1.0))
   with pytest.raises(FloatingPointError, match=rf"step {steps + 1}: .*step {steps}\) is "
                                                "intact"):
@@ -34,15 +34,14 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(data_dir, trained,
   jax.tree.map(np.testing.assert_array_equal, state, before)
 
 
-def test_sigkill_and_resume_give_identical_parameters(data_dir, tmp_path):
-  steps = 8
-  env = e2e.subprocess_env(1)
-  straight = str(tmp_path / "straight")
-  subprocess.run(e2e.command(data_dir, straight, steps), cwd=e2e.REPO, env=env, check=True,
-                 capture_output=True, timeout=600)
-
+def test_sigkill_and_resume_give_identical_parameters(data_dir, trained, tmp_path):
+  """The shared trained run is the uninterrupted one: the same run as a command line on the
+  same 8 host devices, killed once its step-4 checkpoint is committed and run again, ends
+  bit for bit where it ended."""
+  steps = e2e.SMOKE_RUN["total_steps"]
+  env = e2e.subprocess_env(8)
   killed = str(tmp_path / "killed")
-  proc = subprocess.Popen(e2e.command(data_dir, killed, steps), cwd=e2e.REPO, env=env,
+  proc = subprocess.Popen(e2e.command(data_dir, killed), cwd=e2e.REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
   ckpt = os.path.join(killed, "checkpoints", "4", "commit_success.txt")
@@ -51,11 +50,13 @@ def test_sigkill_and_resume_give_identical_parameters(data_dir, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert os.path.exists(ckpt), "the run ended before its step-4 checkpoint"
-  resumed = subprocess.run(e2e.command(data_dir, killed, steps), cwd=e2e.REPO, env=env, check=True,
+  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  assert not os.path.exists(os.path.join(killed, "checkpoints", str(steps)))
+  resumed = subprocess.run(e2e.command(data_dir, killed), cwd=e2e.REPO, env=env, check=True,
                            capture_output=True, text=True, timeout=600)
-  assert "resumed from step" in resumed.stdout
+  assert "resumed from step 4" in resumed.stdout
 
-  (step_a, a), (step_b, b) = e2e.final_params(straight), e2e.final_params(killed)
+  (step_a, a), (step_b, b) = e2e.final_params(trained[0]), e2e.final_params(killed)
   assert step_a == step_b == steps
   flat = lambda tree: {k: np.asarray(v) for k, v in traverse_util.flatten_dict(
       tree, sep="/").items()}
