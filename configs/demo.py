@@ -11,6 +11,15 @@ pairs (the paper's Mix). Of the single videos, `reason_rate` get the GRPO prompt
 SIG chain-of-thought target, so the checkpoint already answers in the <think>/<answer>
 format that configs/demo_grpo.py starts from. `configs/demo.py:smoke` is a few-step
 version for tests.
+
+The pixel path differs from the paper's for one reason: the demo must judge video it never
+saw from 13 training photos, and a from-scratch ViT on raw RGB memorises them (#15):
+  pix_encoder   the MSCN CNN of cpllm/models/cnn.py (BRISQUE's local normalisation, small
+                receptive fields) instead of a ViT;
+  pix_box=None  patches cut at native scale: a user's 720p video is not shrunk 6x before
+                the pixel path sees it, so its artefacts keep the scale they were made at;
+  score_tokens  'pixel': the score head reads the pixel tokens only; the context encoder,
+                trained from scratch here, learns what the training photos show.
 """
 
 import ml_collections
@@ -27,7 +36,7 @@ def get_config(arg: str | None = None):
   config.seed = 0
   config.model = dict(
       ctx_encoder=dict(variant="tiny", scan=True),
-      pix_encoder=dict(variant="tiny", scan=True),
+      pix_encoder=dict(kind="cnn", variant="small"),
       decoder=dict(variant="tiny", vocab_size=1024, lora_rank=4,
                    lora_targets=("q_einsum", "kv_einsum")),
       ctx_res=64,
@@ -36,8 +45,9 @@ def get_config(arg: str | None = None):
       # sit in the corners, mostly sky and background, where distortions barely show).
       patch_size=32,
       num_patches=12,
-      pix_box=(120, 240),
+      pix_box=ml_collections.config_dict.placeholder(tuple),  # None: native scale
       score_hidden=64,
+      score_tokens="pixel",
       decoder_frames=1,
       level_token_ids=None,  # read from the tokenizer at start
   )

@@ -52,7 +52,7 @@ def main():
   frames = np.stack([pristine[picks], blurred[picks]])  # [V=2, M, H, W, 3]
   ctx = video.context_frames(frames, model_cfg["ctx_res"])
   patches = video.pixel_patches(frames, model_cfg["num_patches"], model_cfg["patch_size"],
-                                tuple(model_cfg["pix_box"]))
+                                video.pix_box(model_cfg))
   print(f"  key frames {frames.shape} -> context {ctx.shape}, patches {patches.shape}")
 
   text_len = config.text_len

@@ -51,12 +51,15 @@ def context_frames(frames, resolution: int):
   return resize_bilinear(frames, resolution, resolution)
 
 
-def fit_size(height: int, width: int, box: tuple[int, int] = (540, 1080)):
+def fit_size(height: int, width: int, box: tuple[int, int] | None = (540, 1080)):
   """Size of a frame scaled (up or down) to fit the box, aspect preserved.
 
   `box` is (short, long): a landscape frame fits in short x long, a portrait one in
   long x short. >>> fit_size(1080, 1920) == (540, 960); fit_size(1920, 1080) == (960, 540)
+  `box=None` keeps the native size: fit_size(720, 1280, None) == (720, 1280).
   """
+  if box is None:
+    return height, width
   short, long = box
   box_h, box_w = (short, long) if width >= height else (long, short)
   scale = min(box_h / height, box_w / width)
@@ -90,8 +93,11 @@ def _starts(length: int, count: int, patch_size: int):
 
 
 def patch_layout(height: int, width: int, num_patches: int, patch_size: int,
-                 box: tuple[int, int] = (540, 1080)):
+                 box: tuple[int, int] | None = (540, 1080)):
   """Resized frame size and the K patch corners for a source frame of height x width.
+
+  With `box=None` patches are cut from the native frame (resized only if the grid does
+  not fit), so compression artefacts reach the pixel encoder at the scale they were made.
 
   Returns ((H', W'), [(y, x), ...]) with every patch inside [0, H') x [0, W').
   """
@@ -106,11 +112,14 @@ def patch_layout(height: int, width: int, num_patches: int, patch_size: int,
 
 
 def pixel_patches(frames, num_patches: int, patch_size: int,
-                  box: tuple[int, int] = (540, 1080)):
+                  box: tuple[int, int] | None = (540, 1080)):
   """Pixel-encoder input: [..., H, W, 3] -> float32[..., K, P, P, 3]."""
   (new_h, new_w), corners = patch_layout(frames.shape[-3], frames.shape[-2], num_patches,
                                          patch_size, box)
-  resized = resize_bilinear(frames, new_h, new_w)
+  if (new_h, new_w) == tuple(frames.shape[-3:-1]):
+    resized = jnp.asarray(frames, jnp.float32)  # exact pixels, no resampling round-off
+  else:
+    resized = resize_bilinear(frames, new_h, new_w)
   patches = [resized[..., y:y + patch_size, x:x + patch_size, :] for y, x in corners]
   return jnp.stack(patches, axis=-4)
 
@@ -120,14 +129,21 @@ def preprocess(frames, model_config):
 
   Args:
     frames: uint8[..., H, W, 3].
-    model_config: `config.model` (reads ctx_res, num_patches, patch_size, pix_box).
+    model_config: `config.model` (reads ctx_res, num_patches, patch_size, pix_box; a
+      pix_box of None cuts patches at native scale).
 
   Returns:
     (ctx uint8[..., R, R, 3], patches uint8[..., K, P, P, 3]). Rounding to uint8 here, once,
     keeps pipeline batches four times smaller and makes every consumer see the same values.
   """
   return _preprocess(frames, int(model_config["ctx_res"]), int(model_config["num_patches"]),
-                     int(model_config["patch_size"]), tuple(model_config["pix_box"]))
+                     int(model_config["patch_size"]), pix_box(model_config))
+
+
+def pix_box(model_config) -> tuple[int, int] | None:
+  """`config.model.pix_box` as a hashable (short, long), or None for native scale."""
+  box = model_config.get("pix_box")
+  return None if box is None else tuple(int(b) for b in box)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))

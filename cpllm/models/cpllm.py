@@ -14,8 +14,13 @@ Decoder sequence per example (prefix-LM):
 
 with d = `decoder_frames` key frames chosen at segment centres of the M key frames.
 
-Parameters: `img` (context ViT), `proj_ctx`, `pix` (patch ViT), `proj_pix`, `pix_norm`,
+Parameters: `img` (context ViT), `proj_ctx`, `pix` (patch ViT, or with
+pix_encoder kind 'cnn' the MSCN CNN of cnn.py), `proj_pix`, `pix_norm`,
 `score_head/{hidden,out}`, `llm` (Gemma), see DESIGN.md section 2.
+
+The score head reads the mean of all visual tokens of a frame (`score_tokens='all'`, the
+paper) or of the pixel tokens alone (`'pixel'`): a context encoder trained from scratch on
+a few photos learns their content, which then leaks into the score of unseen content.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cpllm.data import video
+from cpllm.models import cnn
 from cpllm.models import gemma
 from cpllm.models import vit
 
@@ -40,6 +46,17 @@ def build_vit(cfg: dict[str, Any], dtype) -> vit.ViT:
   """ViT from {'variant': name, **overrides} (overrides: scan, remat_policy, ...)."""
   cfg = dict(cfg)
   return vit.ViT(**{**vit.VARIANTS[cfg.pop("variant")], **cfg}, dtype=dtype)
+
+
+def build_pixel_encoder(cfg: dict[str, Any], dtype) -> nn.Module:
+  """The pixel path's encoder: {'kind': 'vit' (default) or 'cnn', 'variant', **overrides}."""
+  cfg = dict(cfg)
+  kind = cfg.pop("kind", "vit")
+  if kind == "vit":
+    return build_vit(cfg, dtype)
+  if kind == "cnn":
+    return cnn.PatchCNN(**{**cnn.VARIANTS[cfg.pop("variant")], **cfg}, dtype=dtype)
+  raise ValueError(f"pix_encoder kind must be 'vit' or 'cnn', got {kind!r}")
 
 
 def build_gemma(cfg: dict[str, Any], dtype) -> gemma.Gemma:
@@ -109,8 +126,9 @@ class CPLLM(nn.Module):
   ctx_pool: int = 1
   patch_size: int = 224
   num_patches: int = 8
-  pix_box: tuple[int, int] = (540, 1080)
+  pix_box: tuple[int, int] | None = (540, 1080)
   score_hidden: int = 512
+  score_tokens: str = "all"
   decoder_frames: int = 1
   level_token_ids: tuple[int, ...] | None = None
   dtype: Any = jnp.float32
@@ -120,7 +138,7 @@ class CPLLM(nn.Module):
     width = self.llm.width
     self.img = build_vit(self.ctx_encoder, self.dtype)
     self.proj_ctx = _dense(width, "proj_ctx")
-    self.pix = build_vit(self.pix_encoder, self.dtype)
+    self.pix = build_pixel_encoder(self.pix_encoder, self.dtype)
     self.proj_pix = _dense(width, "proj_pix")
     self.pix_norm = nn.LayerNorm(epsilon=1e-6, name="pix_norm")
     self.score_head = ScoreHead(self.score_hidden, name="score_head")
@@ -149,7 +167,12 @@ class CPLLM(nn.Module):
     h = self.proj_pix(h)
     v = self.pix_norm(h.reshape((n, k) + h.shape[1:]).mean(axis=1))
 
-    pooled = jnp.concatenate([u, v], axis=1).mean(axis=1)
+    if self.score_tokens == "all":  # the paper's head: both paths' tokens
+      pooled = jnp.concatenate([u, v], axis=1).mean(axis=1)
+    elif self.score_tokens == "pixel":
+      pooled = v.mean(axis=1)
+    else:
+      raise ValueError(f"score_tokens must be 'all' or 'pixel', got {self.score_tokens!r}")
     return u, v, self.score_head(pooled)
 
   def decoder_inputs(self, ctx_tokens, pix_tokens, video_mask, text, input_mask, mask_ar):
