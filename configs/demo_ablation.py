@@ -11,6 +11,12 @@ Context encoder (Table 4c/d), with the mix:
   frozen    the context ViT and its projection fixed
   head      only the projection `proj_ctx` trained
   all       everything trained (= configs/demo.py; reported once, as 'mix')
+Pixel path (#15), with the mix:
+  vit_pixels  the demo before #15: the tiny ViT on raw RGB patches, frames fitted into
+              120x240 before patches are cut, the score head on both paths' tokens
+  score_all   the MSCN CNN at native scale, the score head on both paths' tokens
+(Frames fitted into 120x240 with the MSCN CNN need no row: the demo's 120x160 clips fit that
+box unchanged, so training is the demo's; only scoring differs, see the README.)
 No pretrained SigLIP exists here, so 'frozen' and 'head' keep a *random* context tower:
 the comparison says how much the demo leans on a trained context path, not what the
 paper's frozen SigLIP gives.
@@ -24,6 +30,9 @@ ABLATIONS = {
     "mix": dict(),
     "frozen": dict(context_encoder="frozen"),
     "head": dict(context_encoder="head"),
+    "vit_pixels": dict(model=dict(pix_encoder=dict(variant="tiny", scan=True),
+                                  pix_box=(120, 240), score_tokens="all")),
+    "score_all": dict(model=dict(score_tokens="all")),
 }
 
 
@@ -36,4 +45,6 @@ def get_config(arg: str | None = None):
     config.data.mix = change["mix"]
   if "context_encoder" in change:
     config.context_encoder = change["context_encoder"]
+  for key, value in change.get("model", {}).items():
+    config.model[key] = value
   return config

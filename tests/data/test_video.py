@@ -85,3 +85,19 @@ def test_context_frames_ignore_aspect():
   assert out.shape == (32, 32, 3)
   np.testing.assert_allclose(out[:, :15], 0, atol=1e-3)
   np.testing.assert_allclose(out[:, 17:], 200, atol=1e-3)
+
+
+def test_native_scale_patches_are_crops_at_hand_computed_corners():
+  """pix_box None: a 272x640 frame is not resized; K=12 patches of 32 form a 2x6 grid (the
+  shape closest to its aspect 0.425) spread to the edges: rows 0 and 272-32, columns
+  i * 32 + i * (640 - 192) // 5."""
+  rng = np.random.default_rng(3)
+  frame = rng.integers(0, 256, (272, 640, 3)).astype(np.uint8)
+  patches = np.asarray(video.pixel_patches(frame, 12, 32, box=None))
+  corners = [(y, x) for y in (0, 240) for x in (0, 121, 243, 364, 486, 608)]
+  assert patches.shape == (12, 32, 32, 3)
+  for patch, (y, x) in zip(patches, corners):
+    np.testing.assert_array_equal(patch, frame[y:y + 32, x:x + 32])
+  assert video.fit_size(720, 1280, None) == (720, 1280)
+  assert video.pix_box({"pix_box": None}) is None
+  assert video.pix_box({"pix_box": [120, 240]}) == (120, 240)
