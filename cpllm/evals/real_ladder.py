@@ -129,11 +129,8 @@ def _write_json(path: str, value) -> None:
 
 
 def _sha256(path: str) -> str:
-  h = hashlib.sha256()
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _reference(src: str, folder: str, seconds: float, preset: str, log: Log) -> video.VideoInfo:

@@ -168,11 +168,8 @@ class _Encoded:
 
 
 def _sha256(path: str) -> str:
-  h = hashlib.sha256()
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fit(frames: np.ndarray, height: int, width: int) -> np.ndarray:
