@@ -37,7 +37,7 @@ from bench import common
 from bench import workloads
 from cpllm.models import cpllm
 from cpllm.models import gemma
-from cpllm.train import sampler
+from cpllm.models import sampler
 from cpllm.train import trainer
 
 CONFIGS = {"demo": "configs/demo.py", "bench": "configs/bench.py"}

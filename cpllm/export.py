@@ -36,7 +36,7 @@ from cpllm.data import pipeline
 from cpllm.data import tokenizer as tokenizer_lib
 from cpllm.data import video
 from cpllm.models import gemma
-from cpllm.train import sampler
+from cpllm.models import sampler
 
 
 @dataclasses.dataclass(frozen=True)

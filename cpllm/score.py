@@ -33,71 +33,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app
 from absl import flags
 from absl import logging
 import tqdm
-from etils import epath
-from flax import linen as nn
 
-from cpllm import configs
 from cpllm.data import build_utils
 from cpllm.data import instructions
 from cpllm.data import pipeline
 from cpllm.data import tokenizer as tokenizer_lib
 from cpllm.data import video
 from cpllm.models import cpllm
-from cpllm.train import sampler
+from cpllm.models import sampler
 from cpllm.train import trainer
 
-TOKENIZER_FILE = "tokenizer.model"  # the trainer copies the run's tokenizer here
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 MEDIA_EXTENSIONS = build_utils.VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
 COMPARE_PROMPT = instructions.COMPARE_QUESTIONS[0]
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = epath.Path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def restore_params(workdir: str, config, model: cpllm.CPLLM, step: int | None = None,
-                   shardings=None):
-  """The model parameters of a checkpoint (latest if `step` is None).
-
-  Only the parameters are read (orbax partial restore): the optimiser state is skipped.
-  `config` is the run's own (it says how the checkpoint splits trainable and frozen);
-  `shardings` (a tree like the params) places them, default the first local device.
-  Returns (params, step).
-  """
-  manager = ocp.CheckpointManager(configs.resolve_path(workdir) / "checkpoints")
-  steps = manager.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}/checkpoints "
-                            f"(there are {sorted(steps)})")
-  spec = pipeline.example_spec(config.model, config.num_frames, config.text_len, 1)
-  abstract = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), spec))["params"]
-  if shardings is None:
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: device, abstract)
-  mults = trainer.lr_multipliers(abstract, trainer.param_rules(config))
-  trainable, frozen = trainer.partition(abstract, mults)
-  trainable_sh, frozen_sh = trainer.partition(shardings, mults)
-  target = dict(trainable=trainable, frozen=frozen)
-  restore_args = jax.tree.map(lambda sh: ocp.ArrayRestoreArgs(sharding=sh),
-                              dict(trainable=trainable_sh, frozen=frozen_sh))
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=target, restore_args=restore_args, partial_restore=True)))["state"]
-  manager.close()
-  return trainer.combine(restored["trainable"], restored["frozen"]), step
 
 
 class Scorer:
@@ -107,14 +60,14 @@ class Scorer:
                decode_timeout: float | None = None):
     self.workdir = workdir
     self.decode_timeout = decode_timeout  # seconds per file; None: video.DECODE_TIMEOUT
-    self.config = config = load_config(workdir)
-    path = os.path.join(workdir, TOKENIZER_FILE)
+    self.config = config = trainer.load_config(workdir)
+    path = os.path.join(workdir, trainer.TOKENIZER_FILE)
     self.tokenizer = (tokenizer_lib.Tokenizer(path) if os.path.exists(path) else
                       trainer.resolve_tokenizer(config, config.data.data_dir))
     model_config = config.model.to_dict()
     model_config["level_token_ids"] = tuple(model_config["level_token_ids"])
     self.model = cpllm.CPLLM(**model_config)
-    self.params, self.step = restore_params(workdir, config, self.model, step)
+    self.params, self.step = trainer.restore_params(workdir, config, self.model, step)
     self._forward = jax.jit(lambda p, b: self.model.apply({"params": p}, b))
     self._generate = sampler.make_generate(
         self.model, max_new_tokens=describe_tokens or config.get("describe_tokens", 64),

@@ -18,7 +18,7 @@ import numpy as np
 from cpllm import configs
 from cpllm.data import video
 from cpllm.models import cpllm
-from cpllm.train import sampler
+from cpllm.models import sampler
 
 
 def synthetic_clip(num_frames: int, height: int = 72, width: int = 128):

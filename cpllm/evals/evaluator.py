@@ -29,7 +29,7 @@ from cpllm.data import instructions
 from cpllm.data import pipeline
 from cpllm.evals import metrics as metrics_lib
 from cpllm.evals import plots
-from cpllm.train import sampler
+from cpllm.models import sampler
 
 
 def reference_records(meta: pipeline.Metadata) -> np.ndarray:

@@ -40,7 +40,6 @@ import grain
 from scipy import stats
 
 from cpllm import configs
-from cpllm import score
 from cpllm import sharding
 from cpllm.data import instructions
 from cpllm.data import perturb
@@ -50,7 +49,7 @@ from cpllm.evals import evaluator
 from cpllm.evals import metrics as metrics_lib
 from cpllm.evals import plots
 from cpllm.models import cpllm
-from cpllm.train import sampler
+from cpllm.models import sampler
 from cpllm.train import trainer
 
 REWARD_CURVES = ("reward_total", "reward_format", "reward_regression", "reward_ranking",
@@ -299,12 +298,12 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   g = config.grpo
   workdir = configs.resolve_path(workdir)
   init_workdir = str(configs.resolve_path(g.init_workdir))
-  sft_config = score.load_config(init_workdir)
+  sft_config = trainer.load_config(init_workdir)
   config.model = sft_config.model.to_dict()  # the checkpoint fixes the architecture
   config.model["level_token_ids"] = tuple(config.model["level_token_ids"])
   config.num_frames = sft_config.num_frames
   data_dir = str(configs.resolve_path(config.data.data_dir))
-  tokenizer = tokenizer_lib.Tokenizer(os.path.join(init_workdir, score.TOKENIZER_FILE))
+  tokenizer = tokenizer_lib.Tokenizer(os.path.join(init_workdir, trainer.TOKENIZER_FILE))
   trainer.write_run_files(config, workdir, tokenizer)
   trainer.log_line(f"GRPO workdir {workdir}, from {init_workdir}")
 
@@ -326,7 +325,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   restored = {}
 
   def load_params(shardings):
-    params, restored["step"] = score.restore_params(
+    params, restored["step"] = trainer.restore_params(
         init_workdir, sft_config, model, step=g.get("init_step"), shardings=shardings)
     return params
 

@@ -46,6 +46,9 @@ from cpllm.train import losses
 # --------------------------------------------------------------------------- param rules
 
 
+TOKENIZER_FILE = "tokenizer.model"  # the run's own tokenizer, copied into its workdir
+
+
 def param_rules(config) -> tuple[tuple[str, float], ...]:
   """The rules for a config: explicit `config.param_rules`, else built from the switches.
 
@@ -330,7 +333,7 @@ def write_run_files(config, workdir: epath.Path,
   """config.json and the tokenizer (scoring and export read the run's own) on process 0."""
   write_config(config, workdir)
   if jax.process_index() == 0:
-    (workdir / "tokenizer.model").write_bytes(epath.Path(tokenizer.path).read_bytes())
+    (workdir / TOKENIZER_FILE).write_bytes(epath.Path(tokenizer.path).read_bytes())
 
 
 def open_splits(config, data_dir: str):
@@ -443,3 +446,44 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
         combine(state["trainable"], state["frozen"]), step=step)
   writer.flush()
   return eval_metrics or {}
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_params(workdir: str, config, model: cpllm.CPLLM, step: int | None = None,
+                   shardings=None):
+  """The model parameters of a checkpoint (latest if `step` is None).
+
+  Only the parameters are read (orbax partial restore): the optimiser state is skipped.
+  `config` is the run's own (it says how the checkpoint splits trainable and frozen);
+  `shardings` (a tree like the params) places them, default the first local device.
+  Returns (params, step).
+  """
+  manager = ocp.CheckpointManager(configs.resolve_path(workdir) / "checkpoints")
+  steps = manager.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}/checkpoints "
+                            f"(there are {sorted(steps)})")
+  spec = pipeline.example_spec(config.model, config.num_frames, config.text_len, 1)
+  abstract = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), spec))["params"]
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+  mults = lr_multipliers(abstract, param_rules(config))
+  trainable, frozen = partition(abstract, mults)
+  trainable_sh, frozen_sh = partition(shardings, mults)
+  target = dict(trainable=trainable, frozen=frozen)
+  restore_args = jax.tree.map(lambda sh: ocp.ArrayRestoreArgs(sharding=sh),
+                              dict(trainable=trainable_sh, frozen=frozen_sh))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=True)))["state"]
+  manager.close()
+  return combine(restored["trainable"], restored["frozen"]), step

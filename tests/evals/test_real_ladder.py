@@ -1,7 +1,6 @@
 """The real-footage ladder: building it on a tiny real clip, the side-by-side table against
 hand-computed values, the evaluation's files and cache, and the baselines' shims."""
 
-import ast
 import csv
 import json
 import os
@@ -196,16 +195,6 @@ def test_evaluate_writes_table_and_caches_baseline_scores(ladder, tmp_path):
   RL.evaluate(out_ladder, str(tmp_path / "three"), {}, [fake], key_frames=3,
               log=printed.append)
   assert len(calls) == 12  # another number of key frames is another score
-
-
-def test_evaluation_modules_do_not_import_training_code():
-  for module in (RL, baselines):
-    tree = ast.parse(open(module.__file__).read())
-    imported = [f"{n.module}.{a.name}" for n in ast.walk(tree)
-                if isinstance(n, ast.ImportFrom) for a in n.names]
-    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    assert not [m for m in imported if m.startswith(("cpllm.train", "cpllm.score"))], (
-        module.__name__)
 
 
 def test_brisque_shim_matches_the_packages_own_path():

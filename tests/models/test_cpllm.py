@@ -187,7 +187,7 @@ def test_paper_config_shapes_without_allocating():
 def test_cached_greedy_decoding_matches_full_forward(tiny):
   """Tokens decoded through `extend` on the KV cache are the argmax of one full forward
   pass over prompt + those tokens (a second code path)."""
-  from cpllm.train import sampler
+  from cpllm.models import sampler
   cfg, model, params, apply = tiny
   batch = make_batch(cfg, [[True, True], [True, False]], seed=4)
   prompt_len, steps = 6, 5

@@ -13,7 +13,7 @@ from cpllm import configs
 from cpllm.models import cpllm
 from cpllm.evals import metrics
 from cpllm.train import grpo
-from cpllm.train import sampler
+from cpllm.models import sampler
 from tests.models.test_cpllm import make_batch
 
 EPS = 1e-8

@@ -8,7 +8,7 @@ import pytest
 
 from cpllm import configs
 from cpllm.models import cpllm
-from cpllm.train import sampler
+from cpllm.models import sampler
 from tests.models.test_cpllm import make_batch
 
 PROMPT = 6
