@@ -20,6 +20,15 @@ saw from 13 training photos, and a from-scratch ViT on raw RGB memorises them (#
                 the pixel path sees it, so its artefacts keep the scale they were made at;
   score_tokens  'pixel': the score head reads the pixel tokens only; the context encoder,
                 trained from scratch here, learns what the training photos show.
+And so does its training signal (#15; each one an ablation row of configs/demo_ablation.py):
+  ladder        a quarter of the examples are two CRF variants of one source at most 10
+                CRF apart, and a hinge orders every same-source CRF pair by its CRF with a
+                margin of ladder_margin per CRF unit (cpllm/train/losses.py): the MOS
+                hinge alone barely separates neighbouring low CRFs;
+  augment       random patch positions and flips, one view per pair (cpllm/data/pipeline.py):
+                a fixed grid shows the CNN the same few thousand patches every epoch;
+and its data: demo_videos 1.1.0 clips are windows of the photos at a video's scale, with
+CRFs from 13 (data_builders/demo_videos).
 """
 
 import ml_collections
@@ -48,20 +57,24 @@ def get_config(arg: str | None = None):
       pix_box=ml_collections.config_dict.placeholder(tuple),  # None: native scale
       score_hidden=64,
       score_tokens="pixel",
+      score_prenorm=False,
       decoder_frames=1,
       level_token_ids=None,  # read from the tokenizer at start
   )
   config.num_frames = 4
   config.text_len = 208  # the GRPO prompt (54 tokens with bos) + the longest reasoning (145)
   config.data = dict(name="demo_videos", data_dir=DATA_DIR, train_split="train",
-                     eval_split="test", mix=dict(single=1.0, same_source=1.0, cross=1.0),
-                     level_rate=0.3, reason_rate=0.4, num_workers=0 if smoke else 2)
+                     eval_split="test",
+                     mix=dict(single=1.0, same_source=1.0, cross=1.0, ladder=1.0),
+                     level_rate=0.3, reason_rate=0.4, augment=True,
+                     num_workers=0 if smoke else 2)
   config.tokenizer = path()  # the demo_videos build ships its own tokenizer.model
   config.context_encoder = "all"
   config.train_decoder_base = True
   config.param_rules = None  # derived from context_encoder and LoRA; see trainer.param_rules
   config.init = dict(siglip=path(), paligemma=path(), gemma=path(), pix_vit=path())
-  config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0)
+  config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0, ladder=1.0)
+  config.ladder_margin = 0.02  # score units per CRF unit: 0.04 between rungs 2 apart
 
   config.batch_size = 4 if smoke else 16
   config.total_steps = 6 if smoke else 600

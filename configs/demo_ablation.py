@@ -17,6 +17,13 @@ Pixel path (#15), with the mix:
   score_all   the MSCN CNN at native scale, the score head on both paths' tokens
 (Frames fitted into 120x240 with the MSCN CNN need no row: the demo's 120x160 clips fit that
 box unchanged, so training is the demo's; only scoring differs, see the README.)
+Training signal and data (#15), each one change of the demo:
+  no_ladder    no ladder pairs and no ladder hinge (pairs and losses as before #15)
+  no_augment   patches at the fixed grid, no flips
+  whole_photo  clips of the whole photo shrunk into 160x120 (demo_videos 1.0.0's layout);
+               needs its dataset first:
+                 tfds build data_builders/demo_videos --data_dir=runs/data_whole_photo \
+                   --config='{"name": "whole_photo", "scene_short": null}'
 No pretrained SigLIP exists here, so 'frozen' and 'head' keep a *random* context tower:
 the comparison says how much the demo leans on a trained context path, not what the
 paper's frozen SigLIP gives.
@@ -26,13 +33,17 @@ from cpllm import configs
 
 ABLATIONS = {
     "single": dict(mix=dict(single=1.0, same_source=0.0, cross=0.0)),
-    "pairwise": dict(mix=dict(single=0.0, same_source=1.0, cross=1.0)),
+    "pairwise": dict(mix=dict(single=0.0, same_source=1.0, cross=1.0, ladder=1.0)),
     "mix": dict(),
     "frozen": dict(context_encoder="frozen"),
     "head": dict(context_encoder="head"),
     "vit_pixels": dict(model=dict(pix_encoder=dict(variant="tiny", scan=True),
                                   pix_box=(120, 240), score_tokens="all")),
     "score_all": dict(model=dict(score_tokens="all")),
+    "no_ladder": dict(mix=dict(single=1.0, same_source=1.0, cross=1.0),
+                      loss_weights=dict(ladder=0.0)),
+    "no_augment": dict(data=dict(augment=False)),
+    "whole_photo": dict(data=dict(data_dir="runs/data_whole_photo")),
 }
 
 
@@ -45,6 +56,7 @@ def get_config(arg: str | None = None):
     config.data.mix = change["mix"]
   if "context_encoder" in change:
     config.context_encoder = change["context_encoder"]
-  for key, value in change.get("model", {}).items():
-    config.model[key] = value
+  for group in ("model", "data", "loss_weights"):
+    for key, value in change.get(group, {}).items():
+      config[group][key] = value
   return config

@@ -41,15 +41,18 @@ def get_config(arg: str | None = None):
   config.seed = 0
   # LSVQ with its compression variants (build: data_builders/crf_variants over LSVQ).
   config.data = dict(name="crf_variants", data_dir=path(), train_split="train",
-                     eval_split="test", mix=dict(single=1.0, same_source=1.0, cross=1.0),
-                     level_rate=0.3, reason_rate=0.0, num_workers=8)  # > 0 before GRPO
+                     eval_split="test",
+                     mix=dict(single=1.0, same_source=1.0, cross=1.0, ladder=0.0),
+                     level_rate=0.3, reason_rate=0.0, augment=False,
+                     num_workers=8)  # reason_rate > 0 before GRPO
   config.tokenizer = path()  # Path to Gemma's tokenizer.model (sentencepiece); required.
   config.context_encoder = "frozen"  # frozen | head | all
   config.train_decoder_base = False  # LoRA only
   config.param_rules = None
   # Public checkpoints to start from (None: random init). Paths, not downloads.
   config.init = dict(siglip=path(), paligemma=path(), gemma=path(), pix_vit=path())
-  config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0)
+  config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0, ladder=0.0)  # eq. 1-3 only
+  config.ladder_margin = 0.0
 
   config.batch_size = 128
   config.total_steps = 100_000

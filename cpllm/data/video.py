@@ -124,20 +124,40 @@ def pixel_patches(frames, num_patches: int, patch_size: int,
   return jnp.stack(patches, axis=-4)
 
 
-def preprocess(frames, model_config):
+def preprocess(frames, model_config, view_rng: np.random.Generator | None = None):
   """Both model inputs from key frames, as the pipeline, scoring and export all use them.
 
   Args:
     frames: uint8[..., H, W, 3].
     model_config: `config.model` (reads ctx_res, num_patches, patch_size, pix_box; a
       pix_box of None cuts patches at native scale).
+    view_rng: training augmentation (None: none). With it, the frames are flipped
+      left-right with probability 1/2 and the K patches are cut at uniformly random
+      corners of the frame `patch_layout` sizes, instead of its fixed grid; two calls with
+      equally seeded generators on frames of one size see the same view.
 
   Returns:
     (ctx uint8[..., R, R, 3], patches uint8[..., K, P, P, 3]). Rounding to uint8 here, once,
     keeps pipeline batches four times smaller and makes every consumer see the same values.
   """
-  return _preprocess(frames, int(model_config["ctx_res"]), int(model_config["num_patches"]),
-                     int(model_config["patch_size"]), pix_box(model_config))
+  ctx_res, num_patches = int(model_config["ctx_res"]), int(model_config["num_patches"])
+  patch_size, box = int(model_config["patch_size"]), pix_box(model_config)
+  if view_rng is None:
+    return _preprocess(frames, ctx_res, num_patches, patch_size, box)
+  frames = np.asarray(frames)
+  if view_rng.random() < 0.5:
+    frames = frames[..., ::-1, :]
+  (new_h, new_w), _ = patch_layout(frames.shape[-3], frames.shape[-2], num_patches,
+                                   patch_size, box)
+  ys = view_rng.integers(0, new_h - patch_size + 1, num_patches)
+  xs = view_rng.integers(0, new_w - patch_size + 1, num_patches)
+  ctx = _context_uint8(frames, ctx_res)
+  if (new_h, new_w) != frames.shape[-3:-1]:
+    frames = _resized_uint8(frames, new_h, new_w)
+  frames = np.asarray(frames)
+  patches = np.stack([frames[..., y:y + patch_size, x:x + patch_size, :]
+                      for y, x in zip(ys, xs)], axis=-4)
+  return ctx, patches
 
 
 def pix_box(model_config) -> tuple[int, int] | None:
@@ -146,11 +166,24 @@ def pix_box(model_config) -> tuple[int, int] | None:
   return None if box is None else tuple(int(b) for b in box)
 
 
+def _to_uint8(x):
+  return jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _context_uint8(frames, ctx_res):
+  return _to_uint8(context_frames(frames, ctx_res))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _resized_uint8(frames, height, width):
+  return _to_uint8(resize_bilinear(frames, height, width))
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _preprocess(frames, ctx_res, num_patches, patch_size, box):
-  to_uint8 = lambda x: jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
-  return (to_uint8(context_frames(frames, ctx_res)),
-          to_uint8(pixel_patches(frames, num_patches, patch_size, box)))
+  return (_to_uint8(context_frames(frames, ctx_res)),
+          _to_uint8(pixel_patches(frames, num_patches, patch_size, box)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ pix_encoder kind 'cnn' the MSCN CNN of cnn.py), `proj_pix`, `pix_norm`,
 The score head reads the mean of all visual tokens of a frame (`score_tokens='all'`, the
 paper) or of the pixel tokens alone (`'pixel'`): a context encoder trained from scratch on
 a few photos learns their content, which then leaks into the score of unseen content.
+With `score_prenorm` the head reads the pixel tokens before `pix_norm`: the layer norm
+that scales tokens for the decoder also divides out their magnitude, i.e. how much local
+structure a distortion added or removed.
 """
 
 from __future__ import annotations
@@ -129,6 +132,7 @@ class CPLLM(nn.Module):
   pix_box: tuple[int, int] | None = (540, 1080)
   score_hidden: int = 512
   score_tokens: str = "all"
+  score_prenorm: bool = False
   decoder_frames: int = 1
   level_token_ids: tuple[int, ...] | None = None
   dtype: Any = jnp.float32
@@ -165,12 +169,14 @@ class CPLLM(nn.Module):
     n, k = patches.shape[:2]
     h, _ = self.pix(to_unit(patches.reshape((n * k,) + patches.shape[2:])), train=train)
     h = self.proj_pix(h)
-    v = self.pix_norm(h.reshape((n, k) + h.shape[1:]).mean(axis=1))
+    v_raw = h.reshape((n, k) + h.shape[1:]).mean(axis=1)
+    v = self.pix_norm(v_raw)
 
+    v_score = v_raw if self.score_prenorm else v
     if self.score_tokens == "all":  # the paper's head: both paths' tokens
-      pooled = jnp.concatenate([u, v], axis=1).mean(axis=1)
+      pooled = jnp.concatenate([u, v_score], axis=1).mean(axis=1)
     elif self.score_tokens == "pixel":
-      pooled = v.mean(axis=1)
+      pooled = v_score.mean(axis=1)
     else:
       raise ValueError(f"score_tokens must be 'all' or 'pixel', got {self.score_tokens!r}")
     return u, v, self.score_head(pooled)

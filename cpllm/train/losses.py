@@ -1,6 +1,11 @@
-"""CP-LLM's multi-task loss (papers/cp-llm.md, eq. 1-3).
+"""CP-LLM's multi-task loss (papers/cp-llm.md, eq. 1-3), plus a CRF-ladder hinge.
 
-  L = w_pair * L_pair + w_reg * L_reg + w_text * L_text
+  L = w_pair * L_pair + w_reg * L_reg + w_text * L_text + w_ladder * L_ladder
+
+L_ladder (ours, weight 0 unless configured) orders two CRF variants of one source by
+their CRF with a margin per CRF unit. Eq. 1 cannot do that where the ladder matters most:
+between neighbouring low CRFs the MOS differs by ~0.01, so its gradient vanishes, while
+the order itself is certain (same content, same encoder, more quantisation).
 
 Each term is a masked mean whose denominator is the number of contributing items (at
 least 1), so a batch without pairs or without originals contributes 0, not NaN.
@@ -11,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
+from cpllm.data.pipeline import PairKind
 
 
 def pairwise_hinge(pred, mos, is_pair):
@@ -25,6 +32,24 @@ def pairwise_hinge(pred, mos, is_pair):
   product = (mos[:, 0] - mos[:, 1]) * (pred[:, 0] - pred[:, 1])
   weight = is_pair.astype(jnp.float32)
   return jnp.sum(jax.nn.relu(-product) * weight) / jnp.maximum(weight.sum(), 1.0)
+
+
+def ladder_hinge(pred, crf, same_source, margin_per_crf):
+  """Mean over same-source pairs with two CRFs of max(0, m |c1 - c2| - sign(c2 - c1)(s1 - s2)).
+
+  Args:
+    pred: float[B, 2] predicted scores; crf: int[B, 2] (< 0: not a CRF variant).
+    same_source: bool[B], True where both slots hold variants of one source.
+    margin_per_crf: m, score units per CRF unit.
+
+  e.g. m 0.02, crf [[21, 31]], pred [[3.0, 2.9]] -> 0.2 - 0.1 = 0.1; pred [[3.0, 2.7]] -> 0.
+  """
+  crf = crf.astype(jnp.float32)
+  weight = (same_source & (crf[:, 0] >= 0) & (crf[:, 1] >= 0)
+            & (crf[:, 0] != crf[:, 1])).astype(jnp.float32)
+  lead = jnp.sign(crf[:, 1] - crf[:, 0]) * (pred[:, 0] - pred[:, 1])
+  shortfall = jax.nn.relu(margin_per_crf * jnp.abs(crf[:, 0] - crf[:, 1]) - lead)
+  return jnp.sum(shortfall * weight) / jnp.maximum(weight.sum(), 1.0), weight.sum()
 
 
 def regression(pred, mos, is_original):
@@ -51,18 +76,24 @@ def text_cross_entropy(logits, text, mask_loss):
   return jnp.sum(ce * weight) / jnp.maximum(count, 1.0), count
 
 
-def total_loss(out, batch, weights):
-  """Weighted sum of the three losses for a batch; returns (loss, dict of the terms).
+def total_loss(out, batch, weights, ladder_margin: float = 0.0):
+  """Weighted sum of the losses for a batch; returns (loss, dict of the terms).
 
-  `batch['valid']` (False on padding rows) masks every term.
+  `weights` has pair, reg, text and optionally ladder (0 when absent); `batch['valid']`
+  (False on padding rows) masks every term.
   """
   valid = batch["valid"].astype(bool)
   is_pair = batch["video_mask"][:, 1].astype(bool) & valid
   l_pair = pairwise_hinge(out["score"], batch["mos"], is_pair)
+  same_source = is_pair & ((batch["pair_kind"] == PairKind.SAME_SOURCE)
+                           | (batch["pair_kind"] == PairKind.LADDER))
+  l_ladder, n_ladder = ladder_hinge(out["score"], batch["crf"], same_source, ladder_margin)
   l_reg = regression(out["score"][:, 0], batch["mos"][:, 0],
                      batch["is_original"][:, 0].astype(bool) & valid)
   mask_loss = batch["mask_loss"] * valid[:, None]
   l_text, n_tokens = text_cross_entropy(out["logits"], batch["text"], mask_loss)
-  loss = weights["pair"] * l_pair + weights["reg"] * l_reg + weights["text"] * l_text
+  loss = (weights["pair"] * l_pair + weights["reg"] * l_reg + weights["text"] * l_text
+          + weights.get("ladder", 0.0) * l_ladder)
   return loss, dict(loss_pair=l_pair, loss_reg=l_reg, loss_text=l_text,
-                    n_pairs=is_pair.sum(), n_target_tokens=n_tokens)
+                    loss_ladder=l_ladder, n_pairs=is_pair.sum(), n_ladder_pairs=n_ladder,
+                    n_target_tokens=n_tokens)

@@ -208,7 +208,8 @@ def guarded_update(optimizer, loss_fn, state, batch):
   return new_state, dict(loss=loss, grad_norm=grad_norm, finite=finite, **terms)
 
 
-def make_train_step(setup: Setup, loss_weights: Mapping[str, float]):
+def make_train_step(setup: Setup, loss_weights: Mapping[str, float],
+                    ladder_margin: float = 0.0):
   """One jitted step: forward, loss, gradients of the trainable params only, update.
 
   A non-finite loss or gradient norm leaves the state unchanged and sets `finite` False,
@@ -218,7 +219,7 @@ def make_train_step(setup: Setup, loss_weights: Mapping[str, float]):
 
   def loss_fn(trainable, frozen, batch):
     out = model.apply({"params": combine(trainable, frozen)}, batch, train=True)
-    return losses.total_loss(out, batch, loss_weights)
+    return losses.total_loss(out, batch, loss_weights, ladder_margin)
 
   def step(state, batch):
     new_state, metrics = guarded_update(setup.optimizer, loss_fn, state, batch)
@@ -373,7 +374,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       text_len=config.text_len, batch_size=config.batch_size // shard_count,
       seed=config.seed, mix=pipeline.Mix(**config.data.mix),
       level_rate=config.data.level_rate, reason_rate=config.data.get("reason_rate", 0.0),
-      num_workers=config.data.get("num_workers", 0), shard_index=shard_index,
+      augment=config.data.get("augment", False), num_workers=config.data.get("num_workers", 0), shard_index=shard_index,
       shard_count=shard_count))
   log_line(f"data: {len(meta)} training and {len(eval_meta)} evaluation videos "
            f"({config.data.name} in {data_dir}); process {jax.process_index()} of "
@@ -396,7 +397,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = restore_latest(manager, state, setup.state_shardings, train_iter)
     log_line(f"resumed from step {int(state['step'])}")
   writer = make_writer(workdir)
-  train_step = make_train_step(setup, config.loss_weights)
+  train_step = make_train_step(setup, config.loss_weights, config.get("ladder_margin", 0.0))
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
   evaluate = functools.partial(evaluator.evaluate, model=model, records=eval_records,
@@ -427,7 +428,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
         rate = (step - window_start[0] + 1) / (time.perf_counter() - window_start[1])
         log_line(f"step {step}/{config.total_steps}  loss {scalars['loss']:.4f} (pair "
                  f"{scalars['loss_pair']:.3f}, reg {scalars['loss_reg']:.3f}, text "
-                 f"{scalars['loss_text']:.3f})  {rate:.2f} steps/s  ETA "
+                 f"{scalars['loss_text']:.3f}, ladder {scalars['loss_ladder']:.3f})  {rate:.2f} steps/s  ETA "
                  f"{format_eta((config.total_steps - step) / rate)}")
         window, window_start = [], (step + 1, time.perf_counter())
       if step % config.checkpoint_every == 0 or step == config.total_steps:

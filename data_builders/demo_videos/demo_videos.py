@@ -3,11 +3,12 @@
 Nothing is downloaded. Each photo (cpllm.data.demo_clips.PHOTOS: astronaut, chelsea,
 coffee, rocket, motorcycle_left, hubble_deep_field, immunohistochemistry, retina and nine
 grayscale ones as RGB) becomes a short clip with a seeded pan + zoom + shake (sub-pixel,
-cubic interpolation): 160x120 landscape, 120x160 portrait for `rocket` and `astronaut`,
+cubic interpolation) of a window of the photo at its native scale (photos with a short
+side above 480 pixels shrunk to it, demo_clips.photo_scale): 160x120 landscape, 120x160 portrait for `rocket` and `astronaut`,
 24 frames at 24 fps. Every distortion with a KNOWN parameter is one record of that source:
 
   pristine    the clip itself (FFV1, lossless)
-  crf         libx264 at CRF 21, 23, ..., 51 (steps of 2, so same-source pairs exist at
+  crf         libx264 at CRF 13, 15, ..., 51 (steps of 2, so same-source pairs exist at
               CRF differences 2, 4, 6, 8, 10, 20, ...)
   blur        Gaussian blur, sigma 0.8 / 1.6 / 3.2 px
   noise       Gaussian noise, sigma 5 / 10 / 20 code values
@@ -81,6 +82,7 @@ class DemoVideosConfig(tfds.core.BuilderConfig):
   clip_frames: int = _SPEC.clip_frames
   fps: float = _SPEC.fps
   num_frames: int = _SPEC.num_frames  # M key frames
+  scene_short: int | None = _SPEC.scene_short
   crfs: tuple[int, ...] = _SPEC.crfs
   blur_sigmas: tuple[float, ...] = _SPEC.blur_sigmas
   noise_sigmas: tuple[float, ...] = _SPEC.noise_sigmas
@@ -107,11 +109,15 @@ class DemoVideosConfig(tfds.core.BuilderConfig):
 class DemoVideos(tfds.core.GeneratorBasedBuilder):
   """Synthetic clips from scikit-image's photos with known distortions and labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": ("Clips are windows of the photo at a video's scale (scene_short=480) "
+                "instead of the whole photo shrunk into 160x120; CRF ladder from 13."),
+  }
   # One predefined config: `tfds build` without --config builds every predefined config.
   BUILDER_CONFIGS = [DemoVideosConfig(
-      name="default", description="17 photos, 31 variants each, M=8, 1024-piece tokenizer.")]
+      name="default", description="17 photos, 35 variants each, M=8, 1024-piece tokenizer.")]
 
   def __init__(self, *, file_format=None, **kwargs):
     super().__init__(file_format=file_format, **kwargs)

@@ -249,7 +249,7 @@ def test_command_line_build(tmp_path):
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                         check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  version_dir = tmp_path / "demo_videos" / "cli" / "1.0.0"
+  version_dir = tmp_path / "demo_videos" / "cli" / "1.1.0"
   assert sorted(p.name for p in version_dir.iterdir() if "array_record" in p.name) == [
       "demo_videos-test.array_record-00000-of-00001",
       "demo_videos-train.array_record-00000-of-00001"]
@@ -423,11 +423,28 @@ def test_stutter_and_drops_only_repeat_frames():
     assert dropped[i] == i or dropped[i] == dropped[i - 1]
 
 
+def test_photo_scale_keeps_a_video_scale():
+  """By hand: a 512 x 512 photo under a 480 scene shrinks to 480 (0.9375); a 172 x 448
+  page stays native (1.0); a 1411 x 1411 retina shrinks to 480 / 1411; a 100 x 100 thumb
+  is enlarged until 1.4 windows of 120 x 160 fit (1.4 * 160 / 100 = 2.24); without a
+  scene every photo shrinks to that fit (512: 1.4 * 160 / 512 = 0.4375)."""
+  scale = demo_clips.photo_scale
+  assert scale((512, 512), (120, 160), 480) == pytest.approx(0.9375)
+  assert scale((172, 448), (120, 160), 480) == 1.0
+  assert scale((1411, 1411), (120, 160), 480) == pytest.approx(480 / 1411)
+  assert scale((100, 100), (120, 160), 480) == pytest.approx(2.24)
+  assert scale((512, 512), (120, 160), None) == pytest.approx(0.4375)
+  image = demo_clips.prescale_photo(np.zeros((512, 512, 3), np.uint8), (120, 160), 480)
+  assert image.shape == (480, 480, 3)
+
+
 def test_distortion_names_and_spec_validation():
   names = [d.name for d in demo_clips.ClipSpec().distortions()]
-  assert names[:3] == ["pristine", "crf21", "crf23"] and "crf51" in names
+  assert names[:3] == ["pristine", "crf13", "crf15"] and "crf51" in names
   assert {"blur0.8", "noise20", "gain0.5", "gain2", "stutter0.15", "drop0.3"} <= set(names)
-  assert len(names) == len(set(names)) == 31
+  assert len(names) == len(set(names)) == 35
+  with pytest.raises(ValueError, match="scene_short 100"):
+    demo_clips.ClipSpec(scene_short=100)
   with pytest.raises(ValueError, match="outside libx264"):
     demo_clips.ClipSpec(crfs=(21, 53))
   with pytest.raises(ValueError, match="unknown or no demo sources"):

@@ -79,7 +79,8 @@ def test_plans_follow_pair_rules(data):
       assert p["task"] == pipeline.Task.COMPARE
     else:
       assert meta.source_ids[a] != meta.source_ids[b]
-  assert min(counts.values()) > 60  # equal weights -> about 100 each
+  ladder = counts.pop(pipeline.PairKind.LADDER)  # weight 0 in the default Mix
+  assert min(counts.values()) > 60 and ladder == 0  # equal weights -> about 100 each
 
 
 # "The first video is better.", "The second video is slightly better; ..."

@@ -84,10 +84,16 @@ def np_layer_norm(x, scale, bias):
   return (x - mu) / np.sqrt(var + 1e-6) * scale + bias
 
 
-def test_scores_match_independent_computation(tiny):
+@pytest.mark.parametrize("score_tokens,prenorm", [("all", False), ("pixel", False),
+                                                  ("pixel", True), ("all", True)])
+def test_scores_match_independent_computation(tiny, score_tokens, prenorm):
   """Pixel path per patch through the ViT alone, then NumPy: projection, mean over K,
-  LayerNorm, token-mean of concat(u, v), ReLU MLP, mean over frames."""
+  LayerNorm, token-mean of concat(u, v) (or of v alone; with score_prenorm the head reads
+  v before the LayerNorm), ReLU MLP, mean over frames."""
   cfg, model, params, apply = tiny
+  if (score_tokens, prenorm) != ("all", False):
+    model = model.clone(score_tokens=score_tokens, score_prenorm=prenorm)
+    apply = jax.jit(model.apply, static_argnames=("decode",))
   batch = make_batch(cfg, [[True, True], [True, False]], seed=2)
   out = apply(params, batch, decode=False)
   assert "logits" not in out
@@ -105,7 +111,8 @@ def test_scores_match_independent_computation(tiny):
         v = np_layer_norm(h.mean(0), p["pix_norm"]["scale"], p["pix_norm"]["bias"])
         np.testing.assert_allclose(out["pix_tokens"][i, video, f], v, atol=1e-4)
         u = np.asarray(out["ctx_tokens"][i, video, f], np.float64)
-        pooled = np.concatenate([u, v]).mean(0)
+        v_score = h.mean(0) if prenorm else v
+        pooled = (np.concatenate([u, v_score]) if score_tokens == "all" else v_score).mean(0)
         hidden = np.maximum(pooled @ p["score_head"]["hidden"]["kernel"]
                             + p["score_head"]["hidden"]["bias"], 0)
         frame_scores.append(hidden @ p["score_head"]["out"]["kernel"][:, 0]
