@@ -13,10 +13,10 @@ images skimage would fetch with pooch (not available offline).
 Clip (render_clip): the photo is resized (antialiased; `photo_scale`): by default it keeps
 its native scale, shrunk only above a 480-pixel short side, as a video frame of that size
 would show it (`scene_short`; None shrinks the photo until the clip's window fits 1.4 times
-in its tighter direction, the dataset's 1.0.0 layout), then every frame samples a window with cubic-spline
-interpolation at a sub-pixel position: a linear pan (15-40 % of the clip's width over
-the clip), a linear zoom between 1.0 and 1.35 (in or out), and a shake of two sinusoids
-per axis (0.4-1.2 output pixels). Consecutive frames therefore differ smoothly.
+in its tighter direction, the dataset's 1.0.0 layout), then every frame samples a window
+with cubic-spline interpolation at a sub-pixel position: a linear pan (15-40 % of the
+clip's width over the clip), a linear zoom between 1.0 and 1.35 (in or out), and a shake
+of two sinusoids per axis (0.4-1.2 output pixels). Consecutive frames therefore differ smoothly.
 
 Distortions (Distortion.apply), each a separate record of its source:
   crf       libx264 at that CRF (video.encode_x264 of the lossless pristine clip)

@@ -374,7 +374,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       text_len=config.text_len, batch_size=config.batch_size // shard_count,
       seed=config.seed, mix=pipeline.Mix(**config.data.mix),
       level_rate=config.data.level_rate, reason_rate=config.data.get("reason_rate", 0.0),
-      augment=config.data.get("augment", False), num_workers=config.data.get("num_workers", 0), shard_index=shard_index,
+      augment=config.data.get("augment", False),
+      num_workers=config.data.get("num_workers", 0), shard_index=shard_index,
       shard_count=shard_count))
   log_line(f"data: {len(meta)} training and {len(eval_meta)} evaluation videos "
            f"({config.data.name} in {data_dir}); process {jax.process_index()} of "
@@ -428,7 +429,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
         rate = (step - window_start[0] + 1) / (time.perf_counter() - window_start[1])
         log_line(f"step {step}/{config.total_steps}  loss {scalars['loss']:.4f} (pair "
                  f"{scalars['loss_pair']:.3f}, reg {scalars['loss_reg']:.3f}, text "
-                 f"{scalars['loss_text']:.3f}, ladder {scalars['loss_ladder']:.3f})  {rate:.2f} steps/s  ETA "
+                 f"{scalars['loss_text']:.3f}, ladder {scalars['loss_ladder']:.3f})  "
+                 f"{rate:.2f} steps/s  ETA "
                  f"{format_eta((config.total_steps - step) / rate)}")
         window, window_start = [], (step + 1, time.perf_counter())
       if step % config.checkpoint_every == 0 or step == config.total_steps:

@@ -4,8 +4,9 @@ Nothing is downloaded. Each photo (cpllm.data.demo_clips.PHOTOS: astronaut, chel
 coffee, rocket, motorcycle_left, hubble_deep_field, immunohistochemistry, retina and nine
 grayscale ones as RGB) becomes a short clip with a seeded pan + zoom + shake (sub-pixel,
 cubic interpolation) of a window of the photo at its native scale (photos with a short
-side above 480 pixels shrunk to it, demo_clips.photo_scale): 160x120 landscape, 120x160 portrait for `rocket` and `astronaut`,
-24 frames at 24 fps. Every distortion with a KNOWN parameter is one record of that source:
+side above 480 pixels shrunk to it, demo_clips.photo_scale): 160x120 landscape, 120x160
+portrait for `rocket` and `astronaut`, 24 frames at 24 fps. Every distortion with a KNOWN
+parameter is one record of that source:
 
   pristine    the clip itself (FFV1, lossless)
   crf         libx264 at CRF 13, 15, ..., 51 (steps of 2, so same-source pairs exist at

@@ -4,7 +4,6 @@ in the frames themselves."""
 
 import grain
 import numpy as np
-import pytest
 from absl import flags
 
 from cpllm import configs

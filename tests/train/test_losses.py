@@ -91,7 +91,7 @@ def test_ladder_hinge_matches_numpy_reference():
       better, worse = (0, 1) if crf[i, 0] < crf[i, 1] else (1, 0)
       need = 0.02 * abs(float(crf[i, 0]) - float(crf[i, 1]))
       want.append(max(0.0, need - (float(score[i, better]) - float(score[i, worse]))))
-  assert np.allclose(want, [0.0, 0.1, 0.56])  # by hand: 0.2 - 0.1; 0.16 - (2.5 - 2.9), slot B better
+  assert np.allclose(want, [0.0, 0.1, 0.56])  # by hand: 0.2 - 0.1; 0.16 + 0.4 (B better)
   batch = dict(score=score, mos=np.full((8, 2), 3.0, np.float32), video_mask=mask,
                is_original=np.zeros((8, 2), bool), valid=valid, crf=crf, pair_kind=kind,
                text=np.zeros((8, 3), int), mask_loss=np.zeros((8, 3), int))
