@@ -18,15 +18,26 @@ saw from 13 training photos, and a from-scratch ViT on raw RGB memorises them (#
                 receptive fields) instead of a ViT;
   pix_box=None  patches cut at native scale: a user's 720p video is not shrunk 6x before
                 the pixel path sees it, so its artefacts keep the scale they were made at;
-  score_tokens  'pixel': the score head reads the pixel tokens only; the context encoder,
-                trained from scratch here, learns what the training photos show.
+  score_tokens  'patch': the score head reads the pixel tokens only (the context encoder,
+                trained from scratch here, learns what the training photos show), and
+                scores each patch on its own, the frame score being their mean (CNNIQA);
+  score_patches 256: a scored video is tiled with up to 256 patches instead of the 12 of
+                a training clip, so a 720p frame is judged on a quarter of its area, not
+                on 1.3% of it (the patch-score mean is an estimate; more patches, less
+                noise). The decoder reads a mean over patches, so it is unaffected.
 And so does its training signal (#15; each one an ablation row of configs/demo_ablation.py):
   ladder        a quarter of the examples are two CRF variants of one source at most 10
                 CRF apart, and a hinge orders every same-source CRF pair by its CRF with a
                 margin of ladder_margin per CRF unit (cpllm/train/losses.py): the MOS
                 hinge alone barely separates neighbouring low CRFs;
   augment       random patch positions and flips, one view per pair (cpllm/data/pipeline.py):
-                a fixed grid shows the CNN the same few thousand patches every epoch;
+                a fixed grid shows the CNN the same few thousand patches every epoch; the
+                ladder hinge then orders each patch position of a pair, not only the means;
+  score_blind   videos with exposure or smoothness (stutter, dropped frames) distortions
+                are left out of the score losses: a per-patch MSCN head cannot see a gain
+                or a repeated frame, and fitting their labels pulled the score of every
+                clean-looking video to the middle (pristine held-out clips scored 3.5).
+                They still train the text; the held-out table reports both sets;
 and its data: demo_videos 1.1.0 clips are windows of the photos at a video's scale, with
 CRFs from 13 (data_builders/demo_videos).
 """
@@ -55,8 +66,9 @@ def get_config(arg: str | None = None):
       patch_size=32,
       num_patches=12,
       pix_box=ml_collections.config_dict.placeholder(tuple),  # None: native scale
+      score_patches=256,
       score_hidden=64,
-      score_tokens="pixel",
+      score_tokens="patch",
       score_prenorm=False,
       decoder_frames=1,
       level_token_ids=None,  # read from the tokenizer at start
@@ -75,6 +87,7 @@ def get_config(arg: str | None = None):
   config.init = dict(siglip=path(), paligemma=path(), gemma=path(), pix_vit=path())
   config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0, ladder=1.0)
   config.ladder_margin = 0.02  # score units per CRF unit: 0.04 between rungs 2 apart
+  config.score_blind = ("exposure", "smoothness")
 
   config.batch_size = 4 if smoke else 16
   config.total_steps = 6 if smoke else 600

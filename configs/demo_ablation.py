@@ -15,11 +15,13 @@ Pixel path (#15), with the mix:
   vit_pixels  the demo before #15: the tiny ViT on raw RGB patches, frames fitted into
               120x240 before patches are cut, the score head on both paths' tokens
   score_all   the MSCN CNN at native scale, the score head on both paths' tokens
+  pixel_pool  the score head on the mean of the pixel tokens (the demo before patch scores)
 (Frames fitted into 120x240 with the MSCN CNN need no row: the demo's 120x160 clips fit that
 box unchanged, so training is the demo's; only scoring differs, see the README.)
 Training signal and data (#15), each one change of the demo:
   no_ladder    no ladder pairs and no ladder hinge (pairs and losses as before #15)
   no_augment   patches at the fixed grid, no flips
+  see_all      no score_blind: exposure and smoothness distortions train the score too
   whole_photo  clips of the whole photo shrunk into 160x120 (demo_videos 1.0.0's layout);
                needs its dataset first:
                  tfds build data_builders/demo_videos --data_dir=runs/data_whole_photo \
@@ -40,9 +42,11 @@ ABLATIONS = {
     "vit_pixels": dict(model=dict(pix_encoder=dict(variant="tiny", scan=True),
                                   pix_box=(120, 240), score_tokens="all")),
     "score_all": dict(model=dict(score_tokens="all")),
+    "pixel_pool": dict(model=dict(score_tokens="pixel")),
     "no_ladder": dict(mix=dict(single=1.0, same_source=1.0, cross=1.0),
                       loss_weights=dict(ladder=0.0)),
     "no_augment": dict(data=dict(augment=False)),
+    "see_all": dict(score_blind=()),
     "whole_photo": dict(data=dict(data_dir="runs/data_whole_photo")),
 }
 
@@ -54,8 +58,9 @@ def get_config(arg: str | None = None):
   change = ABLATIONS[arg]
   if "mix" in change:
     config.data.mix = change["mix"]
-  if "context_encoder" in change:
-    config.context_encoder = change["context_encoder"]
+  for key in ("context_encoder", "score_blind"):
+    if key in change:
+      config[key] = change[key]
   for group in ("model", "data", "loss_weights"):
     for key, value in change.get(group, {}).items():
       config[group][key] = value

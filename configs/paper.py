@@ -53,6 +53,7 @@ def get_config(arg: str | None = None):
   config.init = dict(siglip=path(), paligemma=path(), gemma=path(), pix_vit=path())
   config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0, ladder=0.0)  # eq. 1-3 only
   config.ladder_margin = 0.0
+  config.score_blind = ()  # every label is a real MOS of everything in the video
 
   config.batch_size = 128
   config.total_steps = 100_000

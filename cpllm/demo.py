@@ -84,6 +84,11 @@ def table(metrics: dict) -> str:
   differences = sorted((d for d in flips if d.isdigit()), key=int) + ["overall"]
   rows += [f"| flip_rate d={d} | {flips[d]:.4f} |" for d in differences
            if flips.get(d) is not None]
+  # config.score_blind: the videos whose labels train the score (the flip rates above are
+  # of CRF variants, all of them seen).
+  seen = metrics.get("seen")
+  if seen:
+    rows += [f"| seen_{k} | {_cell(seen.get(k))} |" for k in ("srcc", "plcc", "n_videos")]
   return "\n".join(["| metric | value |", "| --- | --- |"] + rows)
 
 

@@ -91,7 +91,7 @@ def jax_functions(scorer: score_lib.Scorer, spec: ExportSpec):
   describe_prompt = score_lib.prompt_arrays(tokenizer, pipeline.DESCRIBE_PROMPT)
 
   def preprocess(frames):
-    return video.preprocess(frames, config.model)
+    return video.preprocess(frames, config.model, scoring=True)
 
   def score(params, ctx, patches):
     out = model.apply({"params": params}, score_lib.model_batch(ctx, patches, level_prompt))
@@ -124,7 +124,8 @@ class Exported(tf.Module):
     leaves, self._treedef = jax.tree.flatten(params)
     self._weights = [tf.Variable(np.asarray(x), trainable=False) for x in leaves]
     m, r = spec.num_frames, scorer.config.model.ctx_res
-    k, p = scorer.config.model.num_patches, scorer.config.model.patch_size
+    k = video.scoring_patch_count(scorer.config.model, spec.height, spec.width)
+    p = scorer.config.model.patch_size
     inputs = [None, f"(b, {m}, {r}, {r}, 3)", f"(b, {m}, {k}, {p}, {p}, 3)"]
     self._preprocess = jax2tf.convert(
         preprocess, polymorphic_shapes=[f"(b, {m}, {spec.height}, {spec.width}, 3)"],

@@ -69,17 +69,18 @@ class Scorer:
     self.model = cpllm.CPLLM(**model_config)
     self.params, self.step = trainer.restore_params(workdir, config, self.model, step)
     self._forward = jax.jit(lambda p, b: self.model.apply({"params": p}, b))
+    self._encode = jax.jit(lambda p, b: self.model.apply({"params": p}, b, decode=False))
     self._generate = sampler.make_generate(
         self.model, max_new_tokens=describe_tokens or config.get("describe_tokens", 64),
         eos_id=self.tokenizer.eos_id)
     self._prompts = {p: prompt_arrays(self.tokenizer, p) for p in (
         instructions.LEVEL_PROMPT, pipeline.DESCRIBE_PROMPT, COMPARE_PROMPT)}
 
-  def _batch(self, frames: Sequence[np.ndarray], prompt: str) -> dict[str, Any]:
-    """A batch of one example: one or two videos' key frames (uint8[M, H, W, 3] each) in
-    slots A and B and `prompt` as the text."""
-    (ctx, patches), *second = [video.preprocess(f[None], self.config.model) for f in frames]
-    return model_batch(ctx, patches, self._prompts[prompt], *(second[0] if second else ()))
+  def _batch(self, frames: np.ndarray, prompt: str) -> dict[str, Any]:
+    """A batch of one example: one video's key frames uint8[M, H, W, 3] in slot A and
+    `prompt` as the text."""
+    ctx, patches = video.preprocess(frames[None], self.config.model, scoring=True)
+    return model_batch(ctx, patches, self._prompts[prompt])
 
   def _generate_text(self, out, video_mask, prompt: str) -> str:
     """Greedy text after `prompt`, conditioned on the visual tokens of `out`."""
@@ -98,7 +99,7 @@ class Scorer:
     Returns dict(score, level, frame_scores, level_score[, description]).
     """
     # The level prompt makes the same forward pass give the level-token score.
-    out = self._forward(self.params, self._batch([frames], instructions.LEVEL_PROMPT))
+    out = self._forward(self.params, self._batch(frames, instructions.LEVEL_PROMPT))
     result = dict(score=reported_score(out["score"][0, 0]),
                   frame_scores=[float(s) for s in out["frame_scores"][0, 0]],
                   level_score=float(out["level_score"][0]))
@@ -136,12 +137,17 @@ class Scorer:
         frames.append(self.read(path))
     except Exception as e:  # pylint: disable=broad-except
       return dict(first=path_a, second=path_b, error=error_text(path, e))
-    out = self._forward(self.params, self._batch(frames, COMPARE_PROMPT))
-    first, second = (reported_score(s) for s in out["score"][0])
+    # Each video is encoded on its own, as `score_file` does (so both give one score per
+    # file, and two frame sizes may tile into different patch counts); the decoder then
+    # reads both videos' tokens, which have one shape whatever the patch count.
+    outs = [self._encode(self.params, self._batch(f, COMPARE_PROMPT)) for f in frames]
+    first, second = (reported_score(out["score"][0, 0]) for out in outs)
     better = "first" if first > second else "second" if second > first else "equal"
+    both = {key: jnp.concatenate([out[key][:, :1] for out in outs], axis=1)
+            for key in ("ctx_tokens", "pix_tokens")}
     return dict(first=path_a, second=path_b, score_first=first, score_second=second,
                 better=better, justification=self._generate_text(
-                    out, np.array([[True, True]]), COMPARE_PROMPT))
+                    both, np.array([[True, True]]), COMPARE_PROMPT))
 
 
 def error_text(path: str, error: Exception) -> str:
@@ -158,21 +164,18 @@ def prompt_arrays(tokenizer: tokenizer_lib.Tokenizer, prompt: str) -> dict[str, 
   return {k: arrays[k] for k in ("text", "input_mask", "mask_ar")}
 
 
-def model_batch(ctx, patches, prompt: dict[str, np.ndarray], ctx_b=None, patches_b=None):
-  """The model's batch for B examples of one video (slot B masked) or of two videos.
+def model_batch(ctx, patches, prompt: dict[str, np.ndarray]):
+  """The model's batch for B examples of one video each (slot B masked).
 
   Args:
     ctx, patches: uint8[B, M, R, R, 3], uint8[B, M, K, P, P, 3] (video.preprocess).
     prompt: prompt_arrays(...), [1, L], the same text for every example.
-    ctx_b, patches_b: the second videos, or None.
   """
   b = ctx.shape[0]
   tile = lambda x: jnp.broadcast_to(jnp.asarray(x), (b,) + x.shape[1:])
-  pair = ctx_b is not None
-  return dict(ctx=jnp.stack([ctx, ctx_b if pair else jnp.zeros_like(ctx)], axis=1),
-              patches=jnp.stack([patches, patches_b if pair else jnp.zeros_like(patches)],
-                                axis=1),
-              video_mask=tile(np.array([[True, pair]])),
+  return dict(ctx=jnp.stack([ctx, jnp.zeros_like(ctx)], axis=1),
+              patches=jnp.stack([patches, jnp.zeros_like(patches)], axis=1),
+              video_mask=tile(np.array([[True, False]])),
               **{k: tile(v) for k, v in prompt.items()})
 
 

@@ -11,6 +11,7 @@ Unknown measurements are NaN, never 0: a NaN VMAF says "not measured", 0 would s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -45,6 +46,22 @@ def pseudo_mos(source_mos: float, vmaf: float) -> float:
   towards 1 as VMAF falls; a pristine source without a MOS counts as 5.0.
   """
   return 1.0 + (source_mos - 1.0) * min(max(vmaf, 0.0), 100.0) / 100.0
+
+
+def intact(dims, names: Sequence[str]):
+  """Where none of the named dimensions is known to be degraded: bool[...] of float
+  dims[..., len(DIMENSIONS)] (below 5 is degraded; NaN, unknown, counts as intact).
+  NumPy or JAX arrays; `names` must not be empty.
+
+  e.g. exposure [5.0, 2.9, nan], names ('exposure',) -> [True, False, True].
+  """
+  if not names:
+    raise ValueError("intact() needs at least one dimension name")
+  out = None
+  for name in names:
+    ok = ~(dims[..., DIMENSIONS.index(name)] < 5.0)
+    out = ok if out is None else out & ok
+  return out
 
 
 def video_features(num_frames: int) -> tfds.features.FeaturesDict:

@@ -199,7 +199,8 @@ def example_spec(model_config: Mapping[str, Any], num_frames: int, text_len: int
       ctx=((b, 2, m, r, r, 3), np.uint8), patches=((b, 2, m, k, p, p, 3), np.uint8),
       video_mask=((b, 2), np.bool_), mos=((b, 2), np.float32),
       is_original=((b, 2), np.bool_), crf=((b, 2), np.int32), index=((b, 2), np.int32),
-      pair_kind=((b,), np.int32), task=((b,), np.int32), truncated=((b,), np.bool_),
+      dims=((b, 2, len(features.DIMENSIONS)), np.float32), pair_kind=((b,), np.int32),
+      task=((b,), np.int32), truncated=((b,), np.bool_),
       valid=((b,), np.bool_), text=((b, l), np.int32), input_mask=((b, l), np.bool_),
       mask_ar=((b, l), np.int32), mask_loss=((b, l), np.int32))
   return {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
@@ -327,7 +328,8 @@ class LoadExample(grain.transforms.Map):
         ctx=np.stack([ctx_a, ctx_b]), patches=np.stack([patches_a, patches_b]),
         video_mask=np.array([True, plan["kind"] != PairKind.SINGLE]),
         mos=meta.mos[[a, b]], is_original=meta.is_original[[a, b]], crf=meta.crf[[a, b]],
-        index=np.array([a, b], np.int32), pair_kind=np.int32(plan["kind"]),
+        index=np.array([a, b], np.int32), dims=meta.dimensions[[a, b]],
+        pair_kind=np.int32(plan["kind"]),
         task=np.int32(plan["task"]), truncated=np.bool_(truncated),
         valid=np.bool_(plan.get("valid", True)),
         **text)

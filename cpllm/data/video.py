@@ -92,17 +92,36 @@ def _starts(length: int, count: int, patch_size: int):
   return [i * patch_size + (i * gap) // (count - 1) for i in range(count)]
 
 
+def tile_grid(height: int, width: int, patch_size: int, max_patches: int):
+  """(rows, cols) of the non-overlapping patches that tile a height x width frame, thinned
+  evenly in both directions (the aspect kept) to at most `max_patches`.
+
+  e.g. 272 x 640 with patches of 32: (8, 20); with max_patches 40: (4, 10).
+  """
+  rows, cols = height // patch_size, width // patch_size
+  if rows * cols > max_patches:
+    shrink = math.sqrt(max_patches / (rows * cols))
+    rows, cols = max(1, int(rows * shrink)), max(1, int(cols * shrink))
+  return rows, cols
+
+
 def patch_layout(height: int, width: int, num_patches: int, patch_size: int,
-                 box: tuple[int, int] | None = (540, 1080)):
+                 box: tuple[int, int] | None = (540, 1080), max_patches: int | None = None):
   """Resized frame size and the K patch corners for a source frame of height x width.
 
   With `box=None` patches are cut from the native frame (resized only if the grid does
   not fit), so compression artefacts reach the pixel encoder at the scale they were made.
+  With `max_patches` (scoring) the patches tile the frame, up to that many (`tile_grid`),
+  or form the `num_patches` grid where that holds more (a frame too small to tile).
 
   Returns ((H', W'), [(y, x), ...]) with every patch inside [0, H') x [0, W').
   """
   fit_h, fit_w = fit_size(height, width, box)
   rows, cols = patch_grid(fit_h, fit_w, num_patches, patch_size)
+  if max_patches is not None:
+    tiles = tile_grid(fit_h, fit_w, patch_size, max_patches)
+    if tiles[0] * tiles[1] > rows * cols:
+      rows, cols = tiles
   scale = max(rows * patch_size / fit_h, cols * patch_size / fit_w, 1.0)
   new_h = max(math.ceil(fit_h * scale - 1e-9), rows * patch_size)
   new_w = max(math.ceil(fit_w * scale - 1e-9), cols * patch_size)
@@ -112,10 +131,10 @@ def patch_layout(height: int, width: int, num_patches: int, patch_size: int,
 
 
 def pixel_patches(frames, num_patches: int, patch_size: int,
-                  box: tuple[int, int] | None = (540, 1080)):
-  """Pixel-encoder input: [..., H, W, 3] -> float32[..., K, P, P, 3]."""
+                  box: tuple[int, int] | None = (540, 1080), max_patches: int | None = None):
+  """Pixel-encoder input: [..., H, W, 3] -> float32[..., K, P, P, 3] (see patch_layout)."""
   (new_h, new_w), corners = patch_layout(frames.shape[-3], frames.shape[-2], num_patches,
-                                         patch_size, box)
+                                         patch_size, box, max_patches)
   if (new_h, new_w) == tuple(frames.shape[-3:-1]):
     resized = jnp.asarray(frames, jnp.float32)  # exact pixels, no resampling round-off
   else:
@@ -124,17 +143,22 @@ def pixel_patches(frames, num_patches: int, patch_size: int,
   return jnp.stack(patches, axis=-4)
 
 
-def preprocess(frames, model_config, view_rng: np.random.Generator | None = None):
+def preprocess(frames, model_config, view_rng: np.random.Generator | None = None, *,
+               scoring: bool = False):
   """Both model inputs from key frames, as the pipeline, scoring and export all use them.
 
   Args:
     frames: uint8[..., H, W, 3].
     model_config: `config.model` (reads ctx_res, num_patches, patch_size, pix_box; a
-      pix_box of None cuts patches at native scale).
+      pix_box of None cuts patches at native scale; score_patches if `scoring`).
     view_rng: training augmentation (None: none). With it, the frames are flipped
       left-right with probability 1/2 and the K patches are cut at uniformly random
       corners of the frame `patch_layout` sizes, instead of its fixed grid; two calls with
       equally seeded generators on frames of one size see the same view.
+    scoring: one video scored on its own (cpllm-score, export): with
+      `model_config.score_patches` set, the patches tile the frame up to that many, so
+      K depends on the frame size. Batches of videos of several sizes need one K: the
+      pipeline's evaluation keeps `num_patches`.
 
   Returns:
     (ctx uint8[..., R, R, 3], patches uint8[..., K, P, P, 3]). Rounding to uint8 here, once,
@@ -142,8 +166,10 @@ def preprocess(frames, model_config, view_rng: np.random.Generator | None = None
   """
   ctx_res, num_patches = int(model_config["ctx_res"]), int(model_config["num_patches"])
   patch_size, box = int(model_config["patch_size"]), pix_box(model_config)
+  max_patches = model_config.get("score_patches") if scoring else None
   if view_rng is None:
-    return _preprocess(frames, ctx_res, num_patches, patch_size, box)
+    return _preprocess(frames, ctx_res, num_patches, patch_size, box,
+                       None if max_patches is None else int(max_patches))
   frames = np.asarray(frames)
   if view_rng.random() < 0.5:
     frames = frames[..., ::-1, :]
@@ -158,6 +184,14 @@ def preprocess(frames, model_config, view_rng: np.random.Generator | None = None
   patches = np.stack([frames[..., y:y + patch_size, x:x + patch_size, :]
                       for y, x in zip(ys, xs)], axis=-4)
   return ctx, patches
+
+
+def scoring_patch_count(model_config, height: int, width: int) -> int:
+  """K of `preprocess(..., scoring=True)` for frames of height x width."""
+  _, corners = patch_layout(height, width, int(model_config["num_patches"]),
+                            int(model_config["patch_size"]), pix_box(model_config),
+                            model_config.get("score_patches"))
+  return len(corners)
 
 
 def pix_box(model_config) -> tuple[int, int] | None:
@@ -180,10 +214,10 @@ def _resized_uint8(frames, height, width):
   return _to_uint8(resize_bilinear(frames, height, width))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
-def _preprocess(frames, ctx_res, num_patches, patch_size, box):
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _preprocess(frames, ctx_res, num_patches, patch_size, box, max_patches):
   return (_to_uint8(context_frames(frames, ctx_res)),
-          _to_uint8(pixel_patches(frames, num_patches, patch_size, box)))
+          _to_uint8(pixel_patches(frames, num_patches, patch_size, box, max_patches)))
 
 
 # ---------------------------------------------------------------------------------------

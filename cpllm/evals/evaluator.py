@@ -136,6 +136,12 @@ def evaluate(params, *, step: int, model, records, meta: pipeline.Metadata, toke
       pred, mos, meta.source_ids[index], meta.crf[index],
       is_source=reference_records(meta)[index], level_score=level,
       answer_texts=answer_texts)
+  blind = tuple(config.get("score_blind", ()))
+  if blind:  # the videos whose labels trained the score head: what it can be asked to see
+    seen = features.intact(meta.dimensions[index], blind)
+    result["seen"] = metrics_lib.evaluate_predictions(pred[seen], mos[seen],
+                                                      meta.source_ids[index][seen],
+                                                      meta.crf[index][seen])
   if texts:  # Descriptions of the first `eval_describe` videos only (sampling is slow).
     result.update(metrics_lib.prefixed(
         metrics_lib.answer_metrics(texts, meta.mos[text_indices]), "text"))

@@ -21,6 +21,9 @@ pix_encoder kind 'cnn' the MSCN CNN of cnn.py), `proj_pix`, `pix_norm`,
 The score head reads the mean of all visual tokens of a frame (`score_tokens='all'`, the
 paper) or of the pixel tokens alone (`'pixel'`): a context encoder trained from scratch on
 a few photos learns their content, which then leaks into the score of unseen content.
+With `'patch'` (CNNIQA's pooling, Kang et al. 2014) the head scores every pixel patch
+from its own tokens and the frame score is the mean of the K patch scores, which are
+returned as 'patch_scores' so a loss can compare one patch position of two videos.
 With `score_prenorm` the head reads the pixel tokens before `pix_norm`: the layer norm
 that scales tokens for the decoder also divides out their magnitude, i.e. how much local
 structure a distortion added or removed.
@@ -130,6 +133,7 @@ class CPLLM(nn.Module):
   patch_size: int = 224
   num_patches: int = 8
   pix_box: tuple[int, int] | None = (540, 1080)
+  score_patches: int | None = None  # read by video.preprocess when scoring one video
   score_hidden: int = 512
   score_tokens: str = "all"
   score_prenorm: bool = False
@@ -155,7 +159,8 @@ class CPLLM(nn.Module):
       patches: float[N, K, P, P, 3] in [0, 255].
 
     Returns:
-      u float[N, T_h, D], v float[N, T_q, D], frame scores float32[N].
+      u float[N, T_h, D], v float[N, T_q, D], frame scores float32[N] and patch scores
+      float32[N, K] (score_tokens 'patch') or None.
     """
     to_unit = lambda x: jnp.asarray(x, self.dtype) / 127.5 - 1.0
     u, _ = self.img(to_unit(ctx_frames), train=train)
@@ -174,12 +179,16 @@ class CPLLM(nn.Module):
 
     v_score = v_raw if self.score_prenorm else v
     if self.score_tokens == "all":  # the paper's head: both paths' tokens
-      pooled = jnp.concatenate([u, v_score], axis=1).mean(axis=1)
-    elif self.score_tokens == "pixel":
-      pooled = v_score.mean(axis=1)
-    else:
-      raise ValueError(f"score_tokens must be 'all' or 'pixel', got {self.score_tokens!r}")
-    return u, v, self.score_head(pooled)
+      return u, v, self.score_head(jnp.concatenate([u, v_score], axis=1).mean(axis=1)), None
+    if self.score_tokens == "pixel":
+      return u, v, self.score_head(v_score.mean(axis=1)), None
+    if self.score_tokens == "patch":
+      per_patch = h.reshape((n, k) + h.shape[1:]).mean(axis=2)  # float[N, K, D]
+      patch_scores = self.score_head(per_patch if self.score_prenorm
+                                     else self.pix_norm(per_patch))
+      return u, v, patch_scores.mean(axis=1), patch_scores
+    raise ValueError("score_tokens must be 'all', 'pixel' or 'patch', got "
+                     f"{self.score_tokens!r}")
 
   def decoder_inputs(self, ctx_tokens, pix_tokens, video_mask, text, input_mask, mask_ar):
     """The decoder's input sequence: visual tokens of A and B, then the text.
@@ -231,7 +240,8 @@ class CPLLM(nn.Module):
 
     Returns:
       out dict: 'ctx_tokens' float[B, 2, M, T_h, D], 'pix_tokens' float[B, 2, M, T_q, D],
-      'frame_scores' float32[B, 2, M], 'score' float32[B, 2]; with `decode` also
+      'frame_scores' float32[B, 2, M], 'score' float32[B, 2], with score_tokens 'patch'
+      'patch_scores' float32[B, 2, M, K]; with `decode` also
       'decoder_mask' bool[B, S], 'logits' float32[B, L, V] (text positions: logits[:, i]
       predicts text[:, i + 1]) and, if level_token_ids is set, 'level_probs' float32[B, 5]
       and 'level_score' float32[B] read right after the prompt (meaningful when the prompt
@@ -239,14 +249,16 @@ class CPLLM(nn.Module):
     """
     ctx, patches = batch["ctx"], batch["patches"]
     b, n_videos, m = ctx.shape[:3]
-    u, v, frame_scores = self.encode_frames(ctx.reshape((-1,) + ctx.shape[3:]),
-                                            patches.reshape((-1,) + patches.shape[3:]),
-                                            train=train)
+    u, v, frame_scores, patch_scores = self.encode_frames(
+        ctx.reshape((-1,) + ctx.shape[3:]), patches.reshape((-1,) + patches.shape[3:]),
+        train=train)
     u = u.reshape((b, n_videos, m) + u.shape[1:])
     v = v.reshape((b, n_videos, m) + v.shape[1:])
     frame_scores = frame_scores.reshape(b, n_videos, m)
     out = dict(ctx_tokens=u, pix_tokens=v, frame_scores=frame_scores,
                score=frame_scores.mean(axis=-1))
+    if patch_scores is not None:
+      out["patch_scores"] = patch_scores.reshape(b, n_videos, m, -1)
     if not decode:
       return out
 

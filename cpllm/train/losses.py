@@ -13,10 +13,13 @@ least 1), so a batch without pairs or without originals contributes 0, not NaN.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import optax
 
+from cpllm.data import features
 from cpllm.data.pipeline import PairKind
 
 
@@ -38,18 +41,23 @@ def ladder_hinge(pred, crf, same_source, margin_per_crf):
   """Mean over same-source pairs with two CRFs of max(0, m |c1 - c2| - sign(c2 - c1)(s1 - s2)).
 
   Args:
-    pred: float[B, 2] predicted scores; crf: int[B, 2] (< 0: not a CRF variant).
+    pred: float[B, 2] predicted scores, or float[B, 2, P] scores of P positions that the
+      two slots share (patch scores of one view): the hinge is then taken per position and
+      averaged over the P positions of a pair.
+    crf: int[B, 2] (< 0: not a CRF variant).
     same_source: bool[B], True where both slots hold variants of one source.
     margin_per_crf: m, score units per CRF unit.
 
-  e.g. m 0.02, crf [[21, 31]], pred [[3.0, 2.9]] -> 0.2 - 0.1 = 0.1; pred [[3.0, 2.7]] -> 0.
+  e.g. m 0.02, crf [[21, 31]], pred [[3.0, 2.9]] -> 0.2 - 0.1 = 0.1; pred [[3.0, 2.7]] -> 0;
+  pred [[[3.0, 3.0], [2.9, 2.7]]] -> (0.1 + 0) / 2 = 0.05.
   """
   crf = crf.astype(jnp.float32)
   weight = (same_source & (crf[:, 0] >= 0) & (crf[:, 1] >= 0)
             & (crf[:, 0] != crf[:, 1])).astype(jnp.float32)
-  lead = jnp.sign(crf[:, 1] - crf[:, 0]) * (pred[:, 0] - pred[:, 1])
-  shortfall = jax.nn.relu(margin_per_crf * jnp.abs(crf[:, 0] - crf[:, 1]) - lead)
-  return jnp.sum(shortfall * weight) / jnp.maximum(weight.sum(), 1.0), weight.sum()
+  pred = pred.reshape(pred.shape[:2] + (-1,))  # float[B, 2, P], P = 1 for video scores
+  lead = jnp.sign(crf[:, 1] - crf[:, 0])[:, None] * (pred[:, 0] - pred[:, 1])
+  shortfall = jax.nn.relu(margin_per_crf * jnp.abs(crf[:, 0] - crf[:, 1])[:, None] - lead)
+  return jnp.sum(shortfall.mean(axis=1) * weight) / jnp.maximum(weight.sum(), 1.0), weight.sum()
 
 
 def regression(pred, mos, is_original):
@@ -76,20 +84,31 @@ def text_cross_entropy(logits, text, mask_loss):
   return jnp.sum(ce * weight) / jnp.maximum(count, 1.0), count
 
 
-def total_loss(out, batch, weights, ladder_margin: float = 0.0):
+def total_loss(out, batch, weights, ladder_margin: float = 0.0,
+               score_blind: Sequence[str] = ()):
   """Weighted sum of the losses for a batch; returns (loss, dict of the terms).
 
   `weights` has pair, reg, text and optionally ladder (0 when absent); `batch['valid']`
   (False on padding rows) masks every term.
+
+  `score_blind` names dimensions (features.DIMENSIONS) the score head cannot see: a video
+  known to be degraded in one of them is left out of the score terms (pair, ladder, reg),
+  not the text, since its overall label mixes in what the head cannot see and fitting it
+  would pull down the score of clean-looking videos.
   """
   valid = batch["valid"].astype(bool)
+  labelled = features.intact(batch["dims"], score_blind) if score_blind else None
   is_pair = batch["video_mask"][:, 1].astype(bool) & valid
-  l_pair = pairwise_hinge(out["score"], batch["mos"], is_pair)
-  same_source = is_pair & ((batch["pair_kind"] == PairKind.SAME_SOURCE)
+  score_pair = is_pair if labelled is None else is_pair & labelled.all(axis=1)
+  l_pair = pairwise_hinge(out["score"], batch["mos"], score_pair)
+  same_source = score_pair & ((batch["pair_kind"] == PairKind.SAME_SOURCE)
                            | (batch["pair_kind"] == PairKind.LADDER))
-  l_ladder, n_ladder = ladder_hinge(out["score"], batch["crf"], same_source, ladder_margin)
+  # With patch scores the hinge orders each patch position (both slots share one view).
+  ladder_pred = out.get("patch_scores", out["score"])
+  l_ladder, n_ladder = ladder_hinge(ladder_pred, batch["crf"], same_source, ladder_margin)
+  regressed = batch["is_original"][:, 0].astype(bool) & valid
   l_reg = regression(out["score"][:, 0], batch["mos"][:, 0],
-                     batch["is_original"][:, 0].astype(bool) & valid)
+                     regressed if labelled is None else regressed & labelled[:, 0])
   mask_loss = batch["mask_loss"] * valid[:, None]
   l_text, n_tokens = text_cross_entropy(out["logits"], batch["text"], mask_loss)
   loss = (weights["pair"] * l_pair + weights["reg"] * l_reg + weights["text"] * l_text

@@ -209,7 +209,7 @@ def guarded_update(optimizer, loss_fn, state, batch):
 
 
 def make_train_step(setup: Setup, loss_weights: Mapping[str, float],
-                    ladder_margin: float = 0.0):
+                    ladder_margin: float = 0.0, score_blind: Sequence[str] = ()):
   """One jitted step: forward, loss, gradients of the trainable params only, update.
 
   A non-finite loss or gradient norm leaves the state unchanged and sets `finite` False,
@@ -219,7 +219,7 @@ def make_train_step(setup: Setup, loss_weights: Mapping[str, float],
 
   def loss_fn(trainable, frozen, batch):
     out = model.apply({"params": combine(trainable, frozen)}, batch, train=True)
-    return losses.total_loss(out, batch, loss_weights, ladder_margin)
+    return losses.total_loss(out, batch, loss_weights, ladder_margin, tuple(score_blind))
 
   def step(state, batch):
     new_state, metrics = guarded_update(setup.optimizer, loss_fn, state, batch)
@@ -398,7 +398,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = restore_latest(manager, state, setup.state_shardings, train_iter)
     log_line(f"resumed from step {int(state['step'])}")
   writer = make_writer(workdir)
-  train_step = make_train_step(setup, config.loss_weights, config.get("ladder_margin", 0.0))
+  train_step = make_train_step(setup, config.loss_weights, config.get("ladder_margin", 0.0),
+                               config.get("score_blind", ()))
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
   evaluate = functools.partial(evaluator.evaluate, model=model, records=eval_records,

@@ -101,3 +101,37 @@ def test_native_scale_patches_are_crops_at_hand_computed_corners():
   assert video.fit_size(720, 1280, None) == (720, 1280)
   assert video.pix_box({"pix_box": None}) is None
   assert video.pix_box({"pix_box": [120, 240]}) == (120, 240)
+
+
+@pytest.mark.parametrize("height,width,cap,want", [
+    (272, 640, 10_000, (8, 20)),   # every tile: 8 * 32 = 256 <= 272, 20 * 32 = 640
+    (272, 640, 40, (4, 10)),       # thinned by sqrt(40 / 160) = 1/2 in both directions
+    (720, 1280, 256, (11, 21)),    # 22 x 40 tiles, x sqrt(256 / 880) = 0.539 -> 11.9, 21.6
+    (20, 20, 256, (0, 0)),         # smaller than a patch: nothing tiles
+])
+def test_tile_grid_by_hand(height, width, cap, want):
+  assert video.tile_grid(height, width, 32, cap) == want
+
+
+@pytest.mark.parametrize("height,width,k,want_k", [
+    (272, 640, 12, 160),   # the tiles
+    (120, 160, 12, 15),    # a demo clip: 3 x 5 tiles beat the 3 x 4 training grid
+    (40, 40, 4, 4),        # one tile fits: the 2 x 2 grid of num_patches, upscaled
+])
+def test_scoring_layout_tiles_native_frames(height, width, k, want_k):
+  """Scoring with score_patches tiles the native frame without overlap; patches are exact
+  crops there, found by NumPy slicing at the layout's corners; the pipeline's (unscored)
+  layout keeps K = num_patches."""
+  config = dict(ctx_res=16, num_patches=k, patch_size=32, pix_box=None, score_patches=256)
+  assert video.scoring_patch_count(config, height, width) == want_k
+  (h, w), corners = video.patch_layout(height, width, k, 32, None, 256)
+  occ = occupancy(h, w, corners, 32)
+  assert len(corners) == want_k and occ.max() == 1
+  rng = np.random.default_rng(1)
+  frames = rng.integers(0, 256, (2, height, width, 3)).astype(np.uint8)
+  _, patches = video.preprocess(frames, config, scoring=True)
+  assert patches.shape == (2, want_k, 32, 32, 3)
+  if (h, w) == (height, width):
+    for i, (y, x) in enumerate(corners):
+      np.testing.assert_array_equal(patches[:, i], frames[:, y:y + 32, x:x + 32])
+  assert video.preprocess(frames, config)[1].shape[1] == k

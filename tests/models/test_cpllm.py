@@ -84,12 +84,20 @@ def np_layer_norm(x, scale, bias):
   return (x - mu) / np.sqrt(var + 1e-6) * scale + bias
 
 
+def np_score_head(x, p):
+  hidden = np.maximum(x @ p["score_head"]["hidden"]["kernel"] + p["score_head"]["hidden"]["bias"],
+                      0)
+  return hidden @ p["score_head"]["out"]["kernel"][:, 0] + p["score_head"]["out"]["bias"][0]
+
+
 @pytest.mark.parametrize("score_tokens,prenorm", [("all", False), ("pixel", False),
-                                                  ("pixel", True), ("all", True)])
+                                                  ("pixel", True), ("all", True),
+                                                  ("patch", False), ("patch", True)])
 def test_scores_match_independent_computation(tiny, score_tokens, prenorm):
   """Pixel path per patch through the ViT alone, then NumPy: projection, mean over K,
   LayerNorm, token-mean of concat(u, v) (or of v alone; with score_prenorm the head reads
-  v before the LayerNorm), ReLU MLP, mean over frames."""
+  v before the LayerNorm), ReLU MLP, mean over frames. With 'patch' the MLP scores each
+  patch's token-mean (LayerNorm'd unless prenorm) and the frame score is their mean."""
   cfg, model, params, apply = tiny
   if (score_tokens, prenorm) != ("all", False):
     model = model.clone(score_tokens=score_tokens, score_prenorm=prenorm)
@@ -97,6 +105,7 @@ def test_scores_match_independent_computation(tiny, score_tokens, prenorm):
   batch = make_batch(cfg, [[True, True], [True, False]], seed=2)
   out = apply(params, batch, decode=False)
   assert "logits" not in out
+  assert ("patch_scores" in out) == (score_tokens == "patch")
   p = jax.tree.map(lambda x: np.asarray(x, np.float64), params["params"])
   pix = cpllm.build_vit(cfg.model["pix_encoder"], jnp.float32)
   b, m, k = 2, cfg.num_frames, cfg.model["num_patches"]
@@ -111,12 +120,18 @@ def test_scores_match_independent_computation(tiny, score_tokens, prenorm):
         v = np_layer_norm(h.mean(0), p["pix_norm"]["scale"], p["pix_norm"]["bias"])
         np.testing.assert_allclose(out["pix_tokens"][i, video, f], v, atol=1e-4)
         u = np.asarray(out["ctx_tokens"][i, video, f], np.float64)
+        if score_tokens == "patch":
+          per_patch = h.mean(1)  # [K, D]
+          if not prenorm:
+            per_patch = np_layer_norm(per_patch, p["pix_norm"]["scale"], p["pix_norm"]["bias"])
+          patch_scores = np_score_head(per_patch, p)
+          np.testing.assert_allclose(out["patch_scores"][i, video, f], patch_scores,
+                                     atol=1e-4)
+          frame_scores.append(patch_scores.mean())
+          continue
         v_score = h.mean(0) if prenorm else v
         pooled = (np.concatenate([u, v_score]) if score_tokens == "all" else v_score).mean(0)
-        hidden = np.maximum(pooled @ p["score_head"]["hidden"]["kernel"]
-                            + p["score_head"]["hidden"]["bias"], 0)
-        frame_scores.append(hidden @ p["score_head"]["out"]["kernel"][:, 0]
-                            + p["score_head"]["out"]["bias"][0])
+        frame_scores.append(np_score_head(pooled, p))
       np.testing.assert_allclose(out["frame_scores"][i, video], frame_scores, atol=1e-4)
       np.testing.assert_allclose(out["score"][i, video], np.mean(frame_scores), atol=1e-4)
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from cpllm.data import features
 from cpllm.train import losses
 
 
@@ -104,3 +105,54 @@ def test_ladder_hinge_matches_numpy_reference():
   # Without a ladder weight (configs/paper.py) the term is reported but adds nothing.
   loss, _ = losses.total_loss(out, batch, dict(pair=0, reg=0, text=0), ladder_margin=0.02)
   assert float(loss) == 0.0
+
+
+def test_ladder_hinge_per_patch_position():
+  """With patch scores each position of a pair is ordered on its own: by hand, CRF 21 vs
+  31 (margin 0.2) at 3 positions leading by 0.1, 0.5 and -0.2 -> (0.1 + 0 + 0.4) / 3; the
+  video score alone (mean lead 0.133) would give 0.067 and hide the reversed position."""
+  patch = np.array([[[[3.0, 3.0, 2.8]], [[2.9, 2.5, 3.0]]]], np.float32)  # [B=1, 2, M=1, 3]
+  batch = dict(mos=np.full((1, 2), 3.0, np.float32), video_mask=np.ones((1, 2), bool),
+               is_original=np.zeros((1, 2), bool), valid=np.ones(1, bool),
+               crf=np.array([[21, 31]]), pair_kind=np.array([3]),
+               text=np.zeros((1, 3), int), mask_loss=np.zeros((1, 3), int))
+  out = dict(score=patch.mean(axis=(2, 3)), patch_scores=patch,
+             logits=np.zeros((1, 3, 5), np.float32))
+  _, terms = losses.total_loss(out, batch, dict(pair=0, reg=0, text=0, ladder=1.0),
+                               ladder_margin=0.02)
+  np.testing.assert_allclose(terms["loss_ladder"], 0.5 / 3, rtol=1e-5)
+  del out["patch_scores"]
+  _, terms = losses.total_loss(out, batch, dict(pair=0, reg=0, text=0, ladder=1.0),
+                               ladder_margin=0.02)
+  np.testing.assert_allclose(terms["loss_ladder"], 0.2 - 0.4 / 3, rtol=1e-5)
+
+
+def test_score_blind_dimensions_leave_videos_out_of_the_score_terms():
+  """By hand. Row 0: a single video underexposed (exposure 2.9) -> out of reg. Row 1: a
+  pair whose B stutters (smoothness 3.0) -> out of the pair hinge. Row 2: a pair with
+  unknown (NaN) dimensions -> counted. Row 3: a single intact video -> counted in reg.
+  Without score_blind every row counts; the text term never changes."""
+  d = len(features.DIMENSIONS)
+  dims = np.full((4, 2, d), 5.0, np.float32)
+  dims[0, 0, features.DIMENSIONS.index("exposure")] = 2.9
+  dims[1, 1, features.DIMENSIONS.index("smoothness")] = 3.0
+  dims[2] = np.nan
+  score = np.array([[4.0, 4.0], [3.0, 4.0], [2.0, 3.0], [3.5, 3.5]], np.float32)
+  mos = np.array([[2.0, 2.0], [4.0, 2.0], [4.0, 1.0], [3.0, 3.0]], np.float32)
+  batch = dict(mos=mos, video_mask=np.array([[1, 0], [1, 1], [1, 1], [1, 0]], bool),
+               is_original=np.ones((4, 2), bool), valid=np.ones(4, bool),
+               crf=np.full((4, 2), -1), pair_kind=np.array([0, 2, 2, 0]), dims=dims,
+               text=np.zeros((4, 3), int), mask_loss=np.ones((4, 3), int))
+  out = dict(score=score, logits=np.zeros((4, 3, 5), np.float32))
+  weights = dict(pair=1.0, reg=1.0, text=0.0)
+  _, blind = losses.total_loss(out, batch, weights, score_blind=("exposure", "smoothness"))
+  _, all_rows = losses.total_loss(out, batch, weights)
+  # Pairs: row 1 -(4-2)(3-4) = 2, row 2 -(4-1)(2-3) = 3. Reg: rows 0..3 errors 4, 1, 4, 0.25.
+  np.testing.assert_allclose(blind["loss_pair"], 3.0, rtol=1e-6)
+  np.testing.assert_allclose(all_rows["loss_pair"], 2.5, rtol=1e-6)
+  np.testing.assert_allclose(blind["loss_reg"], (1 + 4 + 0.25) / 3, rtol=1e-6)
+  np.testing.assert_allclose(all_rows["loss_reg"], (4 + 1 + 4 + 0.25) / 4, rtol=1e-6)
+  np.testing.assert_allclose(blind["loss_text"], all_rows["loss_text"])
+  np.testing.assert_array_equal(
+      features.intact(dims, ("exposure",)), [[False, True], [True, True], [True, True],
+                                             [True, True]])

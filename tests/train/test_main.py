@@ -68,7 +68,7 @@ def test_scorer_scores_files_with_the_checkpoint_the_trainer_wrote(data_dir, tra
   _, state = e2e.final_params(workdir)
   params = trainer.combine(state["trainable"], state["frozen"])
   ctx, patches = video.preprocess(frames, scorer.config.model)
-  _, _, frame_scores = scorer.model.apply({"params": params}, ctx, patches,
+  _, _, frame_scores, _ = scorer.model.apply({"params": params}, ctx, patches,
                                           method=scorer.model.encode_frames)
   np.testing.assert_allclose(line["frame_scores"], frame_scores, atol=1e-5)
   assert line["score"] == pytest.approx(float(np.clip(np.mean(frame_scores), 1, 5)), abs=1e-5)
@@ -172,7 +172,7 @@ def test_saved_model_matches_jax_and_serves_through_saved_model_cli(data_dir, tr
   # the other side of a .5 rounding edge (it rounds to uint8, as in training), so its
   # inputs differ from JAX's by at most one code value, rarely ...
   ctx, patches = loaded.preprocess(frames)
-  reference = video.preprocess(frames, scorer.config.model)
+  reference = video.preprocess(frames, scorer.config.model, scoring=True)
   for got, want in zip((ctx, patches), reference):
     difference = np.abs(got.numpy().astype(int) - np.asarray(want, int))
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
@@ -181,7 +181,7 @@ def test_saved_model_matches_jax_and_serves_through_saved_model_cli(data_dir, tr
   same_inputs = {k: v.numpy() for k, v in loaded.score_inputs(ctx, patches).items()}
   np.testing.assert_array_equal(same_inputs["score"], served["score"])
   for i in range(3):
-    batch = scorer._batch([frames[i]], instructions.LEVEL_PROMPT)
+    batch = scorer._batch(frames[i], instructions.LEVEL_PROMPT)
     batch.update(ctx=batch["ctx"].at[0, 0].set(ctx[i].numpy()),
                  patches=batch["patches"].at[0, 0].set(patches[i].numpy()))
     out = scorer._forward(scorer.params, batch)
@@ -240,3 +240,24 @@ def test_scorer_takes_the_files_users_have(trained, tmp_path):
     assert "error" not in line, line
     assert 1.0 <= line["score"] <= 5.0 and np.isfinite(line["frame_scores"]).all(), path
     assert len(line["frame_scores"]) == 2  # config.num_frames key frames, stills repeated
+
+
+def test_scorer_tiles_a_large_frame_with_score_patches(trained):
+  """A 48 x 96 frame (the smoke config's pix_box, so not resized) holds 3 x 6 tiles of its
+  16-pixel patches, more than its num_patches: the scorer's frame scores are those of the
+  18 tiles, cut here by NumPy slicing at multiples of 16, through the model's encoder."""
+  workdir, _, _ = trained
+  scorer = score.Scorer(workdir)
+  model_config = scorer.config.model
+  p = model_config.patch_size
+  assert tuple(model_config.pix_box) == (3 * p, 6 * p)
+  assert 3 * 6 > model_config.num_patches and model_config.score_patches >= 18
+  rng = np.random.default_rng(3)
+  frames = rng.integers(0, 256, (scorer.config.num_frames, 3 * p, 6 * p, 3)).astype(np.uint8)
+  line = scorer.score_frames(frames, describe=False)
+  tiles = np.stack([frames[:, y:y + p, x:x + p] for y in range(0, 3 * p, p)
+                    for x in range(0, 6 * p, p)], axis=1)  # [M, 18, P, P, 3]
+  ctx, _ = video.preprocess(frames, model_config)
+  _, _, frame_scores, _ = scorer.model.apply({"params": scorer.params}, ctx, tiles,
+                                             method=scorer.model.encode_frames)
+  np.testing.assert_allclose(line["frame_scores"], frame_scores, atol=1e-5)
