@@ -63,7 +63,8 @@ def synthetic_batch(config, batch_size: int | None = None, seed: int = 0) -> dic
       patches=rng.integers(0, 256, spec["patches"].shape, np.uint8),
       video_mask=np.ones((b, 2), bool), mos=rng.uniform(1, 5, (b, 2)).astype(np.float32),
       is_original=np.ones((b, 2), bool), crf=np.zeros((b, 2), np.int32),
-      index=np.zeros((b, 2), np.int32), pair_kind=np.ones((b,), np.int32),
+      index=np.zeros((b, 2), np.int32), dims=np.full(spec["dims"].shape, 5.0),
+      pair_kind=np.ones((b,), np.int32),
       task=np.zeros((b,), np.int32), truncated=np.zeros((b,), bool),
       valid=np.ones((b,), bool), text=rng.integers(0, vocab, (b, l)).astype(np.int32),
       input_mask=np.ones((b, l), bool), mask_ar=mask_ar, mask_loss=mask_ar.copy())
