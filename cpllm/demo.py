@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 # TensorFlow (read by TFDS) logs its CPU-feature banner at import; the demo's output is the
 # progress lines.
@@ -32,6 +33,7 @@ from cpllm import configs
 from cpllm import export
 from cpllm import real_footage
 from cpllm import score
+from cpllm.data import features
 from cpllm.data import pipeline
 from cpllm.data import video
 from cpllm.evals import baselines
@@ -60,14 +62,21 @@ def build_data(data_dir: str) -> None:
   subprocess.run(command, check=True, cwd=configs.REPO_ROOT)
 
 
-def held_out_video(data_dir: str, out_dir: str) -> tuple[str, str, float]:
+def held_out_video(data_dir: str, out_dir: str,
+                   score_blind: Sequence[str] = ()) -> tuple[str, str, float]:
   """Writes the held-out record of median pseudo-MOS as a lossless video file.
 
-  Its stored key frames become the video's frames, so reading config.num_frames key frames
-  back picks the frames the evaluation saw. Returns (path, record id, pseudo-MOS).
+  With `score_blind` (config.score_blind) the median is taken over the records intact in
+  those dimensions: the score is not trained to see the others, so showing one would show
+  what the demo left out by design. Its stored key frames become the video's frames, so
+  reading config.num_frames key frames back picks the frames the evaluation saw. Returns
+  (path, record id, pseudo-MOS).
   """
   records, meta = pipeline.open_split("demo_videos", "test", data_dir)
-  index = int(np.argsort(meta.mos, kind="stable")[len(meta) // 2])
+  candidates = (np.flatnonzero(features.intact(meta.dimensions, tuple(score_blind)))
+                if score_blind else np.arange(len(meta)))
+  order = candidates[np.argsort(meta.mos[candidates], kind="stable")]
+  index = int(order[len(order) // 2])
   record = records[index]
   record_id = str(meta.ids[index])
   path = os.path.join(out_dir, "held_out", record_id.replace("/", "_") + ".mkv")
@@ -122,7 +131,8 @@ def main(argv):
   timings["train + evaluate"] = time.perf_counter() - start
 
   start = time.perf_counter()
-  path, record_id, mos = held_out_video(flags.FLAGS.data_dir, flags.FLAGS.workdir)
+  path, record_id, mos = held_out_video(flags.FLAGS.data_dir, flags.FLAGS.workdir,
+                                        config.get("score_blind", ()))
   scorer = score.Scorer(flags.FLAGS.workdir)
   scored = scorer.score_file(path)
   timings["score one video"] = time.perf_counter() - start

@@ -18,6 +18,7 @@ from cpllm import demo
 from cpllm import export
 from cpllm import real_footage
 from cpllm import score
+from cpllm.data import features
 from cpllm.data import instructions
 from cpllm.data import pipeline
 from cpllm.data import video
@@ -99,6 +100,15 @@ def test_demo_held_out_video_is_the_median_record_written_losslessly(data_dir, t
   frames, info = video.read_key_frames(path, len(stored))
   assert info.num_frames == len(stored)
   np.testing.assert_array_equal(frames, stored)
+  # With score_blind, the median of the records whose named dimensions are 5 (or unknown),
+  # counted here from the dimension columns by name (the tiny split's test records have
+  # blur and noise variants, no exposure or stutter ones).
+  _, seen_id, seen_mos = demo.held_out_video(data_dir, str(tmp_path), ("noise", "sharpness"))
+  columns = [features.DIMENSIONS.index(n) for n in ("noise", "sharpness")]
+  dims = meta.dimensions[:, columns]
+  seen = [i for i in range(len(meta)) if not (dims[i] < 5).any()]
+  assert len(seen) < len(meta) and list(meta.ids).index(seen_id) in seen
+  assert seen_mos == pytest.approx(float(np.sort(meta.mos[seen])[len(seen) // 2]))
 
 
 def test_score_command_line_folders_globs_csv_compare_and_exit_code(data_dir, trained, tmp_path,
