@@ -73,8 +73,7 @@ def held_out_video(data_dir: str, out_dir: str,
   (path, record id, pseudo-MOS).
   """
   records, meta = pipeline.open_split("demo_videos", "test", data_dir)
-  candidates = (np.flatnonzero(features.intact(meta.dimensions, tuple(score_blind)))
-                if score_blind else np.arange(len(meta)))
+  candidates = np.flatnonzero(features.intact(meta.dimensions, tuple(score_blind)))
   order = candidates[np.argsort(meta.mos[candidates], kind="stable")]
   index = int(order[len(order) // 2])
   record = records[index]

@@ -51,16 +51,13 @@ def pseudo_mos(source_mos: float, vmaf: float) -> float:
 def intact(dims, names: Sequence[str]):
   """Where none of the named dimensions is known to be degraded: bool[...] of float
   dims[..., len(DIMENSIONS)] (below 5 is degraded; NaN, unknown, counts as intact).
-  NumPy or JAX arrays; `names` must not be empty.
+  NumPy or JAX arrays; no names: all True.
 
   e.g. exposure [5.0, 2.9, nan], names ('exposure',) -> [True, False, True].
   """
-  if not names:
-    raise ValueError("intact() needs at least one dimension name")
-  out = None
+  out = np.ones(dims.shape[:-1], bool)
   for name in names:
-    ok = ~(dims[..., DIMENSIONS.index(name)] < 5.0)
-    out = ok if out is None else out & ok
+    out = out & ~(dims[..., DIMENSIONS.index(name)] < 5.0)
   return out
 
 

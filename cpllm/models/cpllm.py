@@ -174,7 +174,8 @@ class CPLLM(nn.Module):
     n, k = patches.shape[:2]
     h, _ = self.pix(to_unit(patches.reshape((n * k,) + patches.shape[2:])), train=train)
     h = self.proj_pix(h)
-    v_raw = h.reshape((n, k) + h.shape[1:]).mean(axis=1)
+    per_patch = h.reshape((n, k) + h.shape[1:])  # float[N, K, T_q, D]
+    v_raw = per_patch.mean(axis=1)
     v = self.pix_norm(v_raw)
 
     v_score = v_raw if self.score_prenorm else v
@@ -183,9 +184,9 @@ class CPLLM(nn.Module):
     if self.score_tokens == "pixel":
       return u, v, self.score_head(v_score.mean(axis=1)), None
     if self.score_tokens == "patch":
-      per_patch = h.reshape((n, k) + h.shape[1:]).mean(axis=2)  # float[N, K, D]
-      patch_scores = self.score_head(per_patch if self.score_prenorm
-                                     else self.pix_norm(per_patch))
+      patch_tokens = per_patch.mean(axis=2)  # float[N, K, D]
+      patch_scores = self.score_head(patch_tokens if self.score_prenorm
+                                     else self.pix_norm(patch_tokens))
       return u, v, patch_scores.mean(axis=1), patch_scores
     raise ValueError("score_tokens must be 'all', 'pixel' or 'patch', got "
                      f"{self.score_tokens!r}")
