@@ -9,7 +9,11 @@ anywhere; subprocesses that tests start inherit them (see `xla_flags`).
   subprocess: the end-to-end tests compile the same train, evaluation and scoring programs
   in several processes, and each is compiled once. Per run, not per checkout, so a test run
   never depends on what an earlier one left behind.
+- `shared_dir`: one folder per test run that every xdist worker sees, where expensive
+  session fixtures (the trained smoke workdir) are made once for all workers.
 """
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -29,13 +33,43 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # xdist gives its workers one id per run; a plain pytest run makes its own.
 _RUN = os.environ.setdefault("CPLLM_TEST_RUN", os.environ.get("PYTEST_XDIST_TESTRUNUID")
                              or uuid.uuid4().hex)
-_CACHE = os.path.join(tempfile.gettempdir(), "cpllm-test-jax-cache", _RUN)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)  # a user's own cache is kept
+_ROOT = os.path.join(tempfile.gettempdir(), "cpllm-test", _RUN)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",  # a user's own cache is kept
+                      os.path.join(_ROOT, "jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
+@contextlib.contextmanager
+def shared_dir(name: str):
+  """Yields (path, made): the run-wide folder `name` and whether it was already made.
+
+  Workers take it in turn (an exclusive file lock): the first finds made False, fills the
+  folder and leaves; the others wait for it and find made True. A worker that fails while
+  filling it removes it, so the next one tries again and sees the same error.
+  """
+  path = os.path.join(_ROOT, "shared", name)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      made = os.path.exists(path + ".done")
+      if not made:
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+      try:
+        yield path, made
+      except BaseException:
+        if not made:
+          shutil.rmtree(path, ignore_errors=True)
+        raise
+      if not made:
+        open(path + ".done", "w").close()
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def pytest_sessionfinish(session):
-  """The run's compilation cache goes with the run (the xdist controller removes it after
-  its workers have finished)."""
+  """The run's compilation cache and shared fixtures go with the run (the xdist controller
+  removes them after its workers have finished)."""
   if not hasattr(session.config, "workerinput"):
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    shutil.rmtree(_ROOT, ignore_errors=True)

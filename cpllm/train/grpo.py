@@ -35,8 +35,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-import grain
 from scipy import stats
 
 from cpllm import configs
@@ -431,9 +429,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"  kl {scalars['kl']:.4f}  length {scalars['response_length']:.0f}  "
             f"{scalars['step_seconds']:.1f}s/step")
       if step % config.checkpoint_every == 0 or step == config.total_steps:
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(videos)))
+        manager.save(step, args=trainer.checkpoint_args(state, videos))
       if step % config.eval_every == 0 or step == config.total_steps:
         eval_metrics = evaluate(state, step)
   finally:

@@ -1,6 +1,8 @@
 """CP-LLM assembly tests: masking of the second video slot, the score path against a
 second computation, the level-token score, and the paper config's shapes."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,7 +33,7 @@ def tiny():
   cfg = configs.load("configs/tiny.py:gemma2")
   model = cpllm.CPLLM(**cfg.model)
   batch = make_batch(cfg, [[True, True], [True, False]])
-  params = nn.unbox(model.init(jax.random.PRNGKey(0), batch))
+  params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), batch))
   # Non-zero LoRA B and norm offsets so every path carries signal.
   params = jax.tree_util.tree_map_with_path(
       lambda path, x: x + 0.1 if "lora_b" in jax.tree_util.keystr(path) else x, params)
@@ -109,13 +111,15 @@ def test_scores_match_independent_computation(tiny, score_tokens, prenorm):
   p = jax.tree.map(lambda x: np.asarray(x, np.float64), params["params"])
   pix = cpllm.build_vit(cfg.model["pix_encoder"], jnp.float32)
   b, m, k = 2, cfg.num_frames, cfg.model["num_patches"]
+  # The ViT alone, each patch an image of its own batch of one (no patch sees another).
+  encode_one = jax.jit(lambda image: pix.apply({"params": params["params"]["pix"]},
+                                               image[None] / 127.5 - 1)[0][0])
   for i in range(b):
     for video in range(2):
       frame_scores = []
       for f in range(m):
-        feats = [np.asarray(pix.apply({"params": params["params"]["pix"]},
-                                      batch["patches"][i, video, f, j][None] / 127.5 - 1)[0][0],
-                            np.float64) for j in range(k)]
+        feats = [np.asarray(encode_one(batch["patches"][i, video, f, j]), np.float64)
+                 for j in range(k)]
         h = np.stack(feats) @ p["proj_pix"]["kernel"] + p["proj_pix"]["bias"]
         v = np_layer_norm(h.mean(0), p["pix_norm"]["scale"], p["pix_norm"]["bias"])
         np.testing.assert_allclose(out["pix_tokens"][i, video, f], v, atol=1e-4)
@@ -166,8 +170,9 @@ def test_context_pooling_and_all_decoder_frames():
   model_cfg = dict(cfg.model, ctx_pool=2, decoder_frames=cfg.num_frames)
   model = cpllm.CPLLM(**model_cfg)
   batch = make_batch(cfg, [[True, False]])
-  variables = model.init(jax.random.PRNGKey(1), batch)
-  out, inter = model.apply(variables, batch, capture_intermediates=True)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), batch)
+  out, inter = jax.jit(functools.partial(model.apply, capture_intermediates=True))(
+      variables, batch)
   # 32x32 at patch 8 is a 4x4 grid; 2x2 pooling leaves 4 context tokens per frame.
   assert out["ctx_tokens"].shape[3] == 4
   raw = np.asarray(inter["intermediates"]["img"]["__call__"][0][0])  # [N, 16, C]

@@ -1,6 +1,7 @@
 """Gemma decoder tests, each against an independent reference (NumPy float64, a second
 code path, or hand-written masks)."""
 
+import functools
 import re
 
 import flax.linen as nn
@@ -65,15 +66,26 @@ def forward_logits(model, tokens, input_mask, mask_ar, cache=None):
   return model.logits(x), cache
 
 
+def run_logits(model, params, *args):
+  """model.apply(params, *args, method=forward_logits), compiled as one program (run op
+  by op, each of its few hundred operations would be compiled on its own)."""
+  return jax.jit(functools.partial(model.apply, method=forward_logits))(params, *args)
+
+
 def init_params(model, seed=0, perturb=True, t=6):
   tokens = jnp.zeros((1, t), jnp.int32)
-  params = nn.unbox(model.init(jax.random.PRNGKey(seed), tokens, jnp.ones((1, t), bool),
-                               jnp.zeros((1, t), jnp.int32), method=forward_logits))
+  params = nn.unbox(jax.jit(functools.partial(model.init, method=forward_logits))(
+      jax.random.PRNGKey(seed), tokens, jnp.ones((1, t), bool), jnp.zeros((1, t), jnp.int32)))
   if not perturb:
     return params
-  # Non-zero norm scales and LoRA B so that no term of the equations hides behind 0.
+  return _perturb(params, jax.random.PRNGKey(seed + 1))
+
+
+@jax.jit
+def _perturb(params, key):
+  """Non-zero norm scales and LoRA B so that no term of the equations hides behind 0."""
   leaves, treedef = jax.tree.flatten_with_path(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  keys = jax.random.split(key, len(leaves))
   new = []
   for (path, leaf), key in zip(leaves, keys):
     name = jax.tree_util.keystr(path)
@@ -103,9 +115,9 @@ def test_cache_decoding_matches_full_forward(variant):
   input_mask[1, 4:7] = False  # Second sequence: shorter prompt padded inside the prefix.
   mask_ar = np.concatenate([np.zeros((b, prefix), np.int32),
                             np.ones((b, total - prefix), np.int32)], axis=1)
-  full, _ = model.apply(params, tokens, input_mask, mask_ar, method=forward_logits)
+  full, _ = run_logits(model, params, tokens, input_mask, mask_ar)
 
-  step = jax.jit(lambda p, *a: model.apply(p, *a, method=forward_logits))
+  step = jax.jit(lambda p, *a: run_logits(model, p, *a))
   cache = gemma.init_cache(model, b, 32)
   logits, cache = step(params, tokens[:, :prefix], input_mask[:, :prefix],
                        mask_ar[:, :prefix], cache)
@@ -129,20 +141,20 @@ def test_cache_extend_inside_while_loop():
   ones = jnp.ones((1, prefix + steps), bool)
   ar = jnp.concatenate([jnp.zeros((1, prefix), jnp.int32),
                         jnp.ones((1, steps), jnp.int32)], 1)
-  full, _ = model.apply(params, tokens, ones, ar, method=forward_logits)
+  full, _ = run_logits(model, params, tokens, ones, ar)
 
   @jax.jit
   def decode(params):
     cache = gemma.init_cache(model, 1, prefix + steps)
-    _, cache = model.apply(params, tokens[:, :prefix], ones[:, :prefix], ar[:, :prefix],
-                           cache, method=forward_logits)
+    _, cache = run_logits(model, params, tokens[:, :prefix], ones[:, :prefix],
+                          ar[:, :prefix], cache)
     out = jnp.zeros((steps, model.vocab_size))
 
     def body(state):
       i, cache, out = state
       tok = jax.lax.dynamic_slice_in_dim(tokens, prefix + i, 1, axis=1)
-      logits, cache = model.apply(params, tok, jnp.ones((1, 1), bool),
-                                  jnp.ones((1, 1), jnp.int32), cache, method=forward_logits)
+      logits, cache = run_logits(model, params, tok, jnp.ones((1, 1), bool),
+                                 jnp.ones((1, 1), jnp.int32), cache)
       return i + 1, cache, out.at[i].set(logits[0, 0])
 
     return jax.lax.while_loop(lambda s: s[0] < steps, body, (0, cache, out))[2]
@@ -227,7 +239,7 @@ def test_matches_float64_numpy(variant):
   input_mask[0, 3:5] = False
   mask_ar = np.zeros((b, t), np.int32)
   mask_ar[:, 9:] = 1
-  got, _ = model.apply(params, tokens, input_mask, mask_ar, method=forward_logits)
+  got, _ = run_logits(model, params, tokens, input_mask, mask_ar)
   want = np_gemma_logits(params["params"], cfg, tokens, input_mask, mask_ar)
   np.testing.assert_allclose(np.asarray(got)[input_mask], want[input_mask], atol=1e-4,
                              rtol=1e-4)
@@ -291,8 +303,8 @@ def test_scanned_equals_looped():
                                "layers": stacked}}
   tokens = jnp.arange(12)[None] % 256
   args = (tokens, jnp.ones((1, 12), bool), jnp.ones((1, 12), jnp.int32))
-  a, _ = looped.apply(params, *args, method=forward_logits)
-  b, _ = scanned.apply(scanned_params, *args, method=forward_logits)
+  a, _ = run_logits(looped, params, *args)
+  b, _ = run_logits(scanned, scanned_params, *args)
   np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -301,12 +313,10 @@ def test_remat_and_bf16_run_close_to_float32():
   params = init_params(base)
   tokens = jnp.arange(10)[None] % 256
   args = (tokens, jnp.ones((1, 10), bool), jnp.ones((1, 10), jnp.int32))
-  want, _ = base.apply(params, *args, method=forward_logits)
-  remat, _ = make_model("tiny2", remat_policy="nothing_saveable").apply(
-      params, *args, method=forward_logits)
+  want, _ = run_logits(base, params, *args)
+  remat, _ = run_logits(make_model("tiny2", remat_policy="nothing_saveable"), params, *args)
   np.testing.assert_allclose(remat, want, atol=1e-5)
-  bf16, _ = make_model("tiny2", dtype=jnp.bfloat16).apply(params, *args,
-                                                            method=forward_logits)
+  bf16, _ = run_logits(make_model("tiny2", dtype=jnp.bfloat16), params, *args)
   assert bf16.dtype == jnp.float32
   np.testing.assert_allclose(bf16, want, atol=0.15 * float(jnp.abs(want).max()))
 
@@ -331,19 +341,19 @@ def test_lora_zero_b_is_base_and_merge_reproduces(variant, targets):
             if "lora_b" in jax.tree_util.keystr(k)]
   assert lora_b and all(float(jnp.abs(b).max()) == 0 for b in lora_b)
   base_params = gemma.merge_lora(params["params"], adapted.lora.scale)
-  want, _ = base.apply({"params": base_params}, *args, method=forward_logits)
-  got, _ = adapted.apply(params, *args, method=forward_logits)
+  want, _ = run_logits(base, {"params": base_params}, *args)
+  got, _ = run_logits(adapted, params, *args)
   np.testing.assert_allclose(got, want, atol=1e-6)
 
   # Trained-looking adapters: merging folds them into weights with the base names.
   params = init_params(adapted, perturb=True)
-  got, _ = adapted.apply(params, *args, method=forward_logits)
+  got, _ = run_logits(adapted, params, *args)
   merged = gemma.merge_lora(params["params"], adapted.lora.scale)
   names = lambda tree: {jax.tree_util.keystr(k) for k, _ in
                         jax.tree_util.tree_flatten_with_path(tree)[0]}
-  assert names(merged) == names(nn.unbox(base.init(
-      jax.random.PRNGKey(0), *args, method=forward_logits))["params"])
-  merged_out, _ = base.apply({"params": merged}, *args, method=forward_logits)
+  assert names(merged) == names(nn.unbox(jax.eval_shape(functools.partial(
+      base.init, method=forward_logits), jax.random.PRNGKey(0), *args))["params"])
+  merged_out, _ = run_logits(base, {"params": merged}, *args)
   np.testing.assert_allclose(merged_out, got, atol=1e-4)
   assert float(jnp.abs(merged_out - want).max()) > 1e-3  # The adapters did something.
 
@@ -366,7 +376,7 @@ def test_fused_qkv_when_kv_heads_equal_heads():
     ref[f"layers_{i}"] = layer
   tokens = np.arange(9)[None] % 256
   im, ar = np.ones((1, 9), bool), np.ones((1, 9), np.int32)
-  got, _ = model.apply(params, tokens, im, ar, method=forward_logits)
+  got, _ = run_logits(model, params, tokens, im, ar)
   want = np_gemma_logits(ref, cfg, tokens, im, ar)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=1e-4)
 

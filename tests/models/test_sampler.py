@@ -1,6 +1,8 @@
 """Sampler: greedy continuation equals the argmax of a full forward pass step by step; EOS
 stops a row; sampling is reproducible for a seed; top-k = 1 is greedy."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -20,11 +22,11 @@ def setup():
   model = cpllm.CPLLM(**cfg.model)
   batch = make_batch(cfg, [[True, True], [True, False], [True, False]], seed=5)
   batch["input_mask"][1, 4:PROMPT] = False  # a shorter prompt, padded
-  variables = nn.unbox(model.init(jax.random.PRNGKey(2), batch))
-  out = model.apply(variables, batch, decode=False)
-  prefix = model.apply(variables, out["ctx_tokens"], out["pix_tokens"], batch["video_mask"],
-                       batch["text"][:, :PROMPT], batch["input_mask"][:, :PROMPT],
-                       batch["mask_ar"][:, :PROMPT], method=model.decoder_inputs)
+  variables = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(2), batch))
+  out = jax.jit(functools.partial(model.apply, decode=False))(variables, batch)
+  prefix = jax.jit(functools.partial(model.apply, method=model.decoder_inputs))(
+      variables, out["ctx_tokens"], out["pix_tokens"], batch["video_mask"],
+      batch["text"][:, :PROMPT], batch["input_mask"][:, :PROMPT], batch["mask_ar"][:, :PROMPT])
   return model, variables, batch, prefix
 
 
@@ -32,8 +34,8 @@ def full_forward_logits(model, variables, batch, tokens):
   text = np.concatenate([batch["text"][:, :PROMPT], tokens], 1)
   mask = np.concatenate([batch["input_mask"][:, :PROMPT], np.ones_like(tokens, bool)], 1)
   ar = np.concatenate([np.zeros((len(tokens), PROMPT), np.int32), np.ones_like(tokens)], 1)
-  return np.asarray(model.apply(variables, dict(batch, text=text, input_mask=mask,
-                                                mask_ar=ar))["logits"])
+  return np.asarray(jax.jit(model.apply)(variables, dict(batch, text=text, input_mask=mask,
+                                                         mask_ar=ar))["logits"])
 
 
 def test_greedy_matches_full_forward_argmax(setup):

@@ -5,6 +5,7 @@ Killing and resuming: test_resume.py; GRPO from the trained workdir: test_grpo_m
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,7 +28,7 @@ from tests.data import test_pair_order
 from tests.train import e2e
 
 
-def test_train_evaluate_and_resume(data_dir, trained, capsys):
+def test_train_evaluate_and_resume(data_dir, trained, capsys, tmp_path):
   workdir, metrics, printed = trained
   for key in ("srcc", "krcc", "plcc", "plcc_raw", "rmse", "flip_rate", "flip_ties",
               "n_videos", "level_srcc", "text_parse_rate"):
@@ -44,8 +45,10 @@ def test_train_evaluate_and_resume(data_dir, trained, capsys):
   assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 6
   assert "step 6/6" in printed and "ETA" in printed
 
-  # Same e2e.command again: nothing left to train, the last evaluation is returned.
-  again = trainer.main(e2e.smoke_config(data_dir, **e2e.SMOKE_RUN), workdir)
+  # Same e2e.command again (on a copy: other workers read the shared one): nothing left
+  # to train, the last evaluation is returned.
+  copy = shutil.copytree(workdir, tmp_path / "run")
+  again = trainer.main(e2e.smoke_config(data_dir, **e2e.SMOKE_RUN), str(copy))
   assert again["srcc"] == metrics["srcc"]
   assert "resumed from step 6" in capsys.readouterr().out
 
