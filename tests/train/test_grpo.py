@@ -1,6 +1,7 @@
 """GRPO rewards and loss against hand-computed values; teacher-forced log-probs against the
 sampler's (a second code path)."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -127,17 +128,17 @@ def test_teacher_forced_logprobs_equal_the_samplers():
   prompt = 6
   batch = make_batch(cfg, [[True, False], [True, True]], seed=9)
   batch["input_mask"][0, 4:prompt] = False  # padding after a shorter prompt
-  variables = nn.unbox(model.init(jax.random.PRNGKey(1), batch))
-  out = model.apply(variables, batch, decode=False)
-  prefix = model.apply(variables, out["ctx_tokens"], out["pix_tokens"], batch["video_mask"],
-                       batch["text"][:, :prompt], batch["input_mask"][:, :prompt],
-                       batch["mask_ar"][:, :prompt], method=model.decoder_inputs)
+  variables = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(1), batch))
+  out = jax.jit(functools.partial(model.apply, decode=False))(variables, batch)
+  prefix = jax.jit(functools.partial(model.apply, method=model.decoder_inputs))(
+      variables, out["ctx_tokens"], out["pix_tokens"], batch["video_mask"],
+      batch["text"][:, :prompt], batch["input_mask"][:, :prompt], batch["mask_ar"][:, :prompt])
   sampled = sampler.make_generate(model, max_new_tokens=7, eos_id=-1, temperature=1.0,
                                   num_samples=2)(variables, *prefix, jax.random.PRNGKey(5))
   repeated = tuple(jnp.repeat(a, 2, axis=0) for a in prefix)
-  logp = grpo.response_logprobs(model, variables["params"], repeated, sampled["tokens"])
+  response_logprobs = jax.jit(functools.partial(grpo.response_logprobs, model))
+  logp = response_logprobs(variables["params"], repeated, sampled["tokens"])
   np.testing.assert_allclose(logp, sampled["logprobs"], atol=1e-4)
   # Temperature 2 halves the logits: a different, still normalised distribution.
-  hot = grpo.response_logprobs(model, variables["params"], repeated, sampled["tokens"],
-                               temperature=2.0)
+  hot = response_logprobs(variables["params"], repeated, sampled["tokens"], temperature=2.0)
   assert not np.allclose(hot, logp, atol=1e-3)
