@@ -12,8 +12,8 @@ def test_each_ablation_changes_one_switch_of_the_demo():
   demo = configs.load("configs/demo.py").to_dict()
   rows = configs.load_module("configs/demo_ablation.py").ABLATIONS
   assert set(rows) == {"single", "pairwise", "mix", "frozen", "head", "vit_pixels",
-                       "score_all", "pixel_pool", "no_ladder", "no_augment", "see_all",
-                       "whole_photo"}
+                       "score_all", "pixel_pool", "deep_cnn", "no_ladder", "no_augment",
+                       "see_all", "whole_photo"}
   changed = {}
   for name in rows:
     config = configs.load(f"configs/demo_ablation.py:{name}").to_dict()
@@ -21,7 +21,8 @@ def test_each_ablation_changes_one_switch_of_the_demo():
   assert changed == {"single": {"data"}, "pairwise": {"data"}, "mix": set(),
                      "frozen": {"context_encoder"}, "head": {"context_encoder"},
                      "vit_pixels": {"model"}, "score_all": {"model"},
-                     "pixel_pool": {"model"}, "see_all": {"score_blind"},
+                     "pixel_pool": {"model"}, "deep_cnn": {"model"},
+                     "see_all": {"score_blind"},
                      "no_ladder": {"data", "loss_weights"}, "no_augment": {"data"},
                      "whole_photo": {"data"}}
   vit_pixels = configs.load("configs/demo_ablation.py:vit_pixels").model
@@ -29,6 +30,11 @@ def test_each_ablation_changes_one_switch_of_the_demo():
   assert tuple(vit_pixels.pix_box) == (120, 240) and vit_pixels.score_tokens == "all"
   assert configs.load("configs/demo_ablation.py:score_all").model.score_tokens == "all"
   assert configs.load("configs/demo_ablation.py:pixel_pool").model.score_tokens == "pixel"
+  deep_cnn = configs.load("configs/demo_ablation.py:deep_cnn").model
+  assert deep_cnn.pix_encoder.to_dict() == {"kind": "cnn", "variant": "small",
+                                            "features": (32, 64, 64), "strides": (2, 1, 1)}
+  assert deep_cnn.to_dict() == dict(configs.load("configs/demo.py").model.to_dict(),
+                                    pix_encoder=deep_cnn.pix_encoder.to_dict())
   assert tuple(configs.load("configs/demo_ablation.py:see_all").score_blind) == ()
   single = configs.load("configs/demo_ablation.py:single")
   assert pipeline.Mix(**single.data.mix).probabilities().tolist() == [1.0, 0.0, 0.0, 0.0]
