@@ -4,6 +4,7 @@ same run as two processes of one job."""
 
 import json
 import os
+import shutil
 import sys
 
 import jax
@@ -15,7 +16,7 @@ from cpllm.train import trainer
 from tests.train import e2e
 
 
-def test_grpo_from_the_supervised_run_trains_adapters_only(trained, grpo_run):
+def test_grpo_from_the_supervised_run_trains_adapters_only(trained, grpo_run, tmp_path):
   sft_dir = trained[0]
   workdir, metrics, printed, config = grpo_run
   assert "before GRPO: answer parse rate" in printed and "GRPO step 2/2" in printed
@@ -55,7 +56,8 @@ def test_grpo_from_the_supervised_run_trains_adapters_only(trained, grpo_run):
   for name, value in reference.items():  # the reference: the supervised adapters
     np.testing.assert_array_equal(value, sft_params[name], err_msg=name)
 
-  again = grpo.main(config, workdir)  # finished: resumes and returns the last evaluation
+  # Finished: resumes and returns the last evaluation (on a copy: the run is shared).
+  again = grpo.main(config, str(shutil.copytree(workdir, tmp_path / "run")))
   assert again["answer_parse_rate"] == metrics["answer_parse_rate"]
   table = demo.grpo_table(json.load(open(os.path.join(workdir, "eval", "0", "metrics.json"))),
                           again).splitlines()
