@@ -18,16 +18,23 @@ Pixel path (#15), with the mix:
   pixel_pool  the score head on the mean of the pixel tokens (the demo before patch scores)
   deep_cnn    a third 3x3 convolution of 64 channels on the CNN (receptive field ~28 px
               instead of ~16; 2.5x the pixel path's multiply-adds)
+  weighted_pool  the frame score a learned weighted mean of the patch scores (WaDIQaM)
 (Frames fitted into 120x240 with the MSCN CNN need no row: the demo's 120x160 clips fit that
 box unchanged, so training is the demo's; only scoring differs, see the README.)
 Training signal and data (#15), each one change of the demo:
   no_ladder    no ladder pairs and no ladder hinge (pairs and losses as before #15)
   no_augment   patches at the fixed grid, no flips
   see_all      no score_blind: exposure and smoothness distortions train the score too
+  order_noise  noise variants leave the regression (order_only): the score learns their
+               rank through the pair hinge, not the size of their label
   whole_photo  clips of the whole photo shrunk into 160x120 (demo_videos 1.0.0's layout);
                needs its dataset first:
                  tfds build data_builders/demo_videos --data_dir=runs/data_whole_photo \
                    --config='{"name": "whole_photo", "scene_short": null}'
+  grain        a second CRF ladder per photo, encoded from its noise-5 clip (CRF 13, 17,
+               ..., 49, scored against that clip; data_builders/demo_videos); needs:
+                 tfds build data_builders/demo_videos --data_dir=runs/data_grain \
+                   --config='{"name": "grain", "grain_sigma": 5.0}'
 No pretrained SigLIP exists here, so 'frozen' and 'head' keep a *random* context tower:
 the comparison says how much the demo leans on a trained context path, not what the
 paper's frozen SigLIP gives.
@@ -50,8 +57,11 @@ ABLATIONS = {
     "no_ladder": dict(mix=dict(single=1.0, same_source=1.0, cross=1.0),
                       loss_weights=dict(ladder=0.0)),
     "no_augment": dict(data=dict(augment=False)),
+    "weighted_pool": dict(model=dict(score_pool="weighted")),
     "see_all": dict(score_blind=()),
+    "order_noise": dict(order_only=("noise",)),
     "whole_photo": dict(data=dict(data_dir="runs/data_whole_photo")),
+    "grain": dict(data=dict(data_dir="runs/data_grain")),
 }
 
 
@@ -62,7 +72,7 @@ def get_config(arg: str | None = None):
   change = ABLATIONS[arg]
   if "mix" in change:
     config.data.mix = change["mix"]
-  for key in ("context_encoder", "score_blind"):
+  for key in ("context_encoder", "score_blind", "order_only"):
     if key in change:
       config[key] = change[key]
   for group in ("model", "data", "loss_weights"):

@@ -54,6 +54,7 @@ def get_config(arg: str | None = None):
   config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0, ladder=0.0)  # eq. 1-3 only
   config.ladder_margin = 0.0
   config.score_blind = ()  # every label is a real MOS of everything in the video
+  config.order_only = ()  # and every label's size is measured, so every one is regressed
 
   config.batch_size = 128
   config.total_steps = 100_000

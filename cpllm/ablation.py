@@ -31,7 +31,8 @@ def main(argv):
   results = {}
   for name in names:
     config = configs.load(f"{CONFIG}:{name}")
-    config.data.data_dir = flags.FLAGS.data_dir
+    if config.data.data_dir == configs.load("configs/demo.py").data.data_dir:
+      config.data.data_dir = flags.FLAGS.data_dir  # rows with data of their own keep it
     workdir = os.path.join(flags.FLAGS.workdir, name)
     done = evaluator.load_metrics(workdir, config.total_steps)
     if done is None:

@@ -12,8 +12,8 @@ def test_each_ablation_changes_one_switch_of_the_demo():
   demo = configs.load("configs/demo.py").to_dict()
   rows = configs.load_module("configs/demo_ablation.py").ABLATIONS
   assert set(rows) == {"single", "pairwise", "mix", "frozen", "head", "vit_pixels",
-                       "score_all", "pixel_pool", "deep_cnn", "no_ladder", "no_augment",
-                       "see_all", "whole_photo"}
+                       "score_all", "pixel_pool", "deep_cnn", "weighted_pool", "no_ladder",
+                       "no_augment", "see_all", "order_noise", "whole_photo", "grain"}
   changed = {}
   for name in rows:
     config = configs.load(f"configs/demo_ablation.py:{name}").to_dict()
@@ -22,9 +22,10 @@ def test_each_ablation_changes_one_switch_of_the_demo():
                      "frozen": {"context_encoder"}, "head": {"context_encoder"},
                      "vit_pixels": {"model"}, "score_all": {"model"},
                      "pixel_pool": {"model"}, "deep_cnn": {"model"},
-                     "see_all": {"score_blind"},
+                     "weighted_pool": {"model"}, "see_all": {"score_blind"},
+                     "order_noise": {"order_only"},
                      "no_ladder": {"data", "loss_weights"}, "no_augment": {"data"},
-                     "whole_photo": {"data"}}
+                     "whole_photo": {"data"}, "grain": {"data"}}
   vit_pixels = configs.load("configs/demo_ablation.py:vit_pixels").model
   assert vit_pixels.pix_encoder.to_dict() == {"variant": "tiny", "scan": True}
   assert tuple(vit_pixels.pix_box) == (120, 240) and vit_pixels.score_tokens == "all"
@@ -36,6 +37,8 @@ def test_each_ablation_changes_one_switch_of_the_demo():
   assert deep_cnn.to_dict() == dict(configs.load("configs/demo.py").model.to_dict(),
                                     pix_encoder=deep_cnn.pix_encoder.to_dict())
   assert tuple(configs.load("configs/demo_ablation.py:see_all").score_blind) == ()
+  assert configs.load("configs/demo_ablation.py:weighted_pool").model.score_pool == "weighted"
+  assert tuple(configs.load("configs/demo_ablation.py:order_noise").order_only) == ("noise",)
   single = configs.load("configs/demo_ablation.py:single")
   assert pipeline.Mix(**single.data.mix).probabilities().tolist() == [1.0, 0.0, 0.0, 0.0]
   pairwise = configs.load("configs/demo_ablation.py:pairwise")

@@ -278,20 +278,34 @@ _NAME_PREFIX = {"crf": "crf", "blur": "blur", "noise": "noise", "exposure": "gai
 
 @dataclasses.dataclass(frozen=True)
 class Distortion:
-  """One known distortion: kind (see KINDS) and its parameter (CRF, sigma, gain, strength)."""
+  """One known distortion: kind (see KINDS) and its parameter (CRF, sigma, gain, strength).
+
+  `grain` (kind 'crf' only): the noise sigma of the clip that is encoded, i.e. a CRF rung
+  of the grainy ladder (ClipSpec.grain_sigma) instead of the pristine one.
+  """
   kind: str
   value: float = 0.0
+  grain: float = 0.0
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"unknown distortion kind {self.kind!r}; expected one of {KINDS}")
+    if self.grain and self.kind != "crf":
+      raise ValueError(f"grain is a property of a CRF rung, not of {self.kind!r}")
 
   @property
   def name(self) -> str:
-    """Variant name in the record id: 'pristine', 'crf31', 'blur1.5', 'gain0.6', ..."""
+    """Variant name in the record id: 'pristine', 'crf31', 'blur1.5', 'gain0.6',
+    'noise5_crf31' (a rung of the grainy ladder), ..."""
     if self.kind == "pristine":
       return "pristine"
-    return f"{_NAME_PREFIX[self.kind]}{self.value:g}"
+    name = f"{_NAME_PREFIX[self.kind]}{self.value:g}"
+    return f"{_NAME_PREFIX['noise']}{self.grain:g}_{name}" if self.grain else name
+
+  @property
+  def ladder(self) -> str:
+    """Which CRF ladder a rung belongs to: '' (of the pristine clip) or 'noise5'."""
+    return f"{_NAME_PREFIX['noise']}{self.grain:g}" if self.grain else ""
 
   def apply(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The distorted frames (not for 'crf': compression happens in the encoder)."""
@@ -344,6 +358,10 @@ class Distortion:
 #             drops of the same share of frames;
 #   noise     VMAF is lenient to added noise: sigma 20 (PSNR ~22 dB) gives mean VMAF 84,
 #             i.e. 4.4, 'excellent'.
+# The grainy ladder (ClipSpec.grain_sigma) encodes the noise variant's clip; a rung's score
+# is features.pseudo_mos(noise score of that sigma, VMAF against the grainy clip), i.e. the
+# grainy clip is its source with the noise variant's score (sigma 5: 3.64), and every rung
+# is no better than it, although x264 smooths some of the grain away.
 # Within a source the CRF ladder's VMAF is made monotone before mapping (a running minimum
 # over rising CRF): near VMAF 0 and 100 it wobbles by up to ~2 points (e.g. brick CRF 49:
 # 3.1, CRF 51: 5.2), and a higher CRF of the same source must never be labelled better.
@@ -354,7 +372,8 @@ class Distortion:
 
 MOS_RULE = ("pristine 5.0; crf and blur: 1 + 4 * VMAF / 100 (VMAF a running minimum along "
             "the CRF ladder); exposure, noise, stutter, drop: the affected dimension's "
-            "known-parameter score; 2 decimals")
+            "known-parameter score; grainy CRF ladder: 1 + (noise score - 1) * VMAF / 100 "
+            "against the grainy clip; 2 decimals")
 
 DIM_SCALES = {"blur": 2.0, "noise": 12.0, "exposure": 1.0, "smoothness": 0.3}
 OVEREXPOSURE_WEIGHT = 1.5
@@ -373,6 +392,8 @@ def dimension_scores(distortion: Distortion) -> dict[str, float]:
   if kind == "crf":
     dims["compression"] = 1.0 + 4.0 / (1.0 + math.exp((v - CRF_MID) / CRF_WIDTH))
     dims["sharpness"] = 5.0 - 1.5 * min(max((v - 35.0) / 16.0, 0.0), 1.0)
+    if distortion.grain:  # the grain that was encoded (compression smooths some of it)
+      dims["noise"] = _decay(distortion.grain, DIM_SCALES["noise"])
   elif kind == "blur":
     dims["sharpness"] = _decay(v, DIM_SCALES["blur"])
   elif kind == "noise":
@@ -399,15 +420,19 @@ def mos_labels(distortions: Sequence[Distortion], vmafs: Sequence[float]) -> lis
     if d.kind in VMAF_KINDS and not math.isfinite(v):
       raise ValueError(f"{d.name}: VMAF {v} is not finite")
   effective = list(map(float, vmafs))
-  ladder = sorted((d.value, i) for i, d in enumerate(distortions) if d.kind == "crf")
-  running = math.inf
-  for _, i in ladder:
-    running = min(running, effective[i])
-    effective[i] = running
+  for name in {d.ladder for d in distortions if d.kind == "crf"}:
+    ladder = sorted((d.value, i) for i, d in enumerate(distortions)
+                    if d.kind == "crf" and d.ladder == name)
+    running = math.inf
+    for _, i in ladder:
+      running = min(running, effective[i])
+      effective[i] = running
   out = []
   for d, v in zip(distortions, effective):
     if d.kind == "pristine":
       out.append(5.0)
+    elif d.grain:  # VMAF against the grainy clip, whose own score is its noise score
+      out.append(round_score(features.pseudo_mos(dimension_scores(d)["noise"], v)))
     elif d.kind in VMAF_KINDS:
       out.append(round_score(features.pseudo_mos(5.0, v)))
     else:
@@ -446,6 +471,11 @@ class ClipSpec:
   exposure_gains: tuple[float, ...] = (0.5, 0.7, 1.4, 2.0)
   stutter_strengths: tuple[float, ...] = (0.15, 0.3)
   drop_strengths: tuple[float, ...] = (0.15, 0.3)
+  # S: a second CRF ladder encoded from the noise-S variant's clip, so the score sees
+  # compression smooth grain away and still count it as a loss (real sources carry grain).
+  # None (the demo): measured no better (README, #15's `grain` row).
+  grain_sigma: float | None = None
+  grain_crfs: tuple[int, ...] = tuple(range(13, 50, 4))
   test_share: float = 0.25
   seed: int = 0
 
@@ -461,11 +491,15 @@ class ClipSpec:
                        f"{self.width}x{self.height} clip it should contain")
     if self.height < 16 or self.width < 16:
       raise ValueError(f"clips of {self.width}x{self.height} are too small (min 16x16)")
-    bad = [c for c in self.crfs if not 0 <= c <= video.X264_MAX_CRF]
+    bad = [c for c in self.crfs + self.grain_crfs if not 0 <= c <= video.X264_MAX_CRF]
     if bad:
       raise ValueError(f"CRFs {bad} are outside libx264's 0..{video.X264_MAX_CRF}")
-    if len(set(self.crfs)) != len(self.crfs):
-      raise ValueError(f"duplicate CRFs in {self.crfs}")
+    for crfs in (self.crfs, self.grain_crfs):
+      if len(set(crfs)) != len(crfs):
+        raise ValueError(f"duplicate CRFs in {crfs}")
+    if self.grain_sigma is not None and self.grain_sigma not in self.noise_sigmas:
+      raise ValueError(f"grain_sigma {self.grain_sigma} must be one of noise_sigmas "
+                       f"{self.noise_sigmas}: the grainy ladder encodes that variant")
 
   def distortions(self) -> list[Distortion]:
     return ([Distortion("pristine")]
@@ -474,7 +508,9 @@ class ClipSpec:
             + [Distortion("noise", s) for s in self.noise_sigmas]
             + [Distortion("exposure", g) for g in self.exposure_gains]
             + [Distortion("stutter", s) for s in self.stutter_strengths]
-            + [Distortion("drop", s) for s in self.drop_strengths])
+            + [Distortion("drop", s) for s in self.drop_strengths]
+            + ([Distortion("crf", int(c), grain=self.grain_sigma) for c in self.grain_crfs]
+               if self.grain_sigma else []))
 
   def clip_size(self, source: str) -> tuple[int, int]:
     """(height, width) of a source's clip: portrait sources have them swapped."""
@@ -496,21 +532,25 @@ def source_records(source: str, spec: ClipSpec, workdir: str) -> list[dict]:
   video.write_video(clip, reference, spec.fps, lossless=True)
   distortions = spec.distortions()
   measured = []
+  references = {"": reference}  # Distortion.ladder -> the clip its CRF rungs encode
   for distortion in distortions:
     rng = np.random.default_rng(stable_seed(spec.seed, source, distortion.name))
+    source_clip = references[distortion.ladder] if distortion.kind == "crf" else reference
     if distortion.kind == "pristine":
       path = reference
     elif distortion.kind == "crf":
       path = os.path.join(workdir, f"{distortion.name}.mp4")
-      video.encode_x264(reference, path, distortion.value)
+      video.encode_x264(source_clip, path, distortion.value)
     else:
       path = os.path.join(workdir, f"{distortion.name}.mkv")
       video.write_video(distortion.apply(clip, rng), path, spec.fps, lossless=True)
+      if distortion.kind == "noise":  # 'noise5': also the name of its grainy ladder
+        references[distortion.name] = path
     key_frames, info = video.read_key_frames(path, spec.num_frames)  # of the final clip
     if info.num_frames != spec.clip_frames or key_frames.shape[1:3] != out_hw:
       raise video.VideoError(f"{path}: read back {info.num_frames} frames of "
                              f"{key_frames.shape[1:3]}, made {spec.clip_frames} of {out_hw}")
-    measured.append((video.quality_metrics(reference, path), key_frames,
+    measured.append((video.quality_metrics(source_clip, path), key_frames,
                      video.bitrate_kbps(path)))
   labels = mos_labels(distortions, [m[0]["vmaf"] for m in measured])
   records = []
@@ -524,7 +564,9 @@ def source_records(source: str, spec: ClipSpec, workdir: str) -> list[dict]:
     rng = np.random.default_rng(stable_seed(spec.seed, record_id, "description"))
     record = features.empty_measurements()
     record.update(
-        id=record_id, source_id=source, frames=key_frames, mos=mos,
+        # A grainy rung is a variant of the grainy clip: its own source for CRF pairs.
+        id=record_id, source_id=f"{source}+{distortion.ladder}" if distortion.grain else source,
+        frames=key_frames, mos=mos,
         is_original=True,  # every demo video carries a trusted (known) label
         crf=int(distortion.value) if distortion.kind == "crf" else features.NO_CRF,
         vmaf=metrics["vmaf"], ssim=metrics["ssim"], psnr=metrics["psnr"],

@@ -55,6 +55,9 @@ def intact(dims, names: Sequence[str]):
 
   e.g. exposure [5.0, 2.9, nan], names ('exposure',) -> [True, False, True].
   """
+  unknown = [n for n in names if n not in DIMENSIONS]
+  if unknown:
+    raise ValueError(f"unknown quality dimension(s) {unknown}; known: {list(DIMENSIONS)}")
   out = np.ones(dims.shape[:-1], bool)
   for name in names:
     out = out & ~(dims[..., DIMENSIONS.index(name)] < 5.0)

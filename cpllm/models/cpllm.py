@@ -24,6 +24,13 @@ a few photos learns their content, which then leaks into the score of unseen con
 With `'patch'` (CNNIQA's pooling, Kang et al. 2014) the head scores every pixel patch
 from its own tokens and the frame score is the mean of the K patch scores, which are
 returned as 'patch_scores' so a loss can compare one patch position of two videos.
+With `score_pool='weighted'` (WaDIQaM, Bosse et al. 2018) a second small MLP,
+`score_weight`, gives each patch a positive weight and the frame score is the weighted
+mean: a flat patch (a white wall, a clear sky) looks the same at CRF 13 and at CRF 45, so a
+per-patch regression can only give it the average label, and the plain mean lets such
+patches pull the frame towards the middle; weights learn to trust the patches that show
+their quality.
+e.g. patch scores [4.0, 2.0], weights [3.0, 1.0] -> (12 + 2) / 4 = 3.5 (mean: 3.0).
 With `score_prenorm` the head reads the pixel tokens before `pix_norm`: the layer norm
 that scales tokens for the decoder also divides out their magnitude, i.e. how much local
 structure a distortion added or removed.
@@ -137,6 +144,7 @@ class CPLLM(nn.Module):
   score_hidden: int = 512
   score_tokens: str = "all"
   score_prenorm: bool = False
+  score_pool: str = "mean"  # 'weighted': learned patch weights (score_tokens 'patch' only)
   decoder_frames: int = 1
   level_token_ids: tuple[int, ...] | None = None
   dtype: Any = jnp.float32
@@ -150,6 +158,13 @@ class CPLLM(nn.Module):
     self.proj_pix = _dense(width, "proj_pix")
     self.pix_norm = nn.LayerNorm(epsilon=1e-6, name="pix_norm")
     self.score_head = ScoreHead(self.score_hidden, name="score_head")
+    if self.score_pool not in ("mean", "weighted"):
+      raise ValueError(f"score_pool must be 'mean' or 'weighted', got {self.score_pool!r}")
+    if self.score_pool == "weighted":
+      if self.score_tokens != "patch":
+        raise ValueError("score_pool='weighted' weighs patch scores: it needs "
+                         f"score_tokens='patch', got {self.score_tokens!r}")
+      self.score_weight = ScoreHead(self.score_hidden, name="score_weight")
 
   def encode_frames(self, ctx_frames, patches, *, train=False):
     """Both paths for N frames.
@@ -185,9 +200,14 @@ class CPLLM(nn.Module):
       return u, v, self.score_head(v_score.mean(axis=1)), None
     if self.score_tokens == "patch":
       patch_tokens = per_patch.mean(axis=2)  # float[N, K, D]
-      patch_scores = self.score_head(patch_tokens if self.score_prenorm
-                                     else self.pix_norm(patch_tokens))
-      return u, v, patch_scores.mean(axis=1), patch_scores
+      head_in = patch_tokens if self.score_prenorm else self.pix_norm(patch_tokens)
+      patch_scores = self.score_head(head_in)
+      if self.score_pool == "mean":
+        return u, v, patch_scores.mean(axis=1), patch_scores
+      weights = jax.nn.softplus(self.score_weight(head_in)) + 1e-6  # float32[N, K] > 0
+      self.sow("intermediates", "patch_weights", weights)  # apply(..., mutable=...) reads it
+      frame_scores = (weights * patch_scores).sum(axis=1) / weights.sum(axis=1)
+      return u, v, frame_scores, patch_scores
     raise ValueError("score_tokens must be 'all', 'pixel' or 'patch', got "
                      f"{self.score_tokens!r}")
 

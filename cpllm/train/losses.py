@@ -85,7 +85,7 @@ def text_cross_entropy(logits, text, mask_loss):
 
 
 def total_loss(out, batch, weights, ladder_margin: float = 0.0,
-               score_blind: Sequence[str] = ()):
+               score_blind: Sequence[str] = (), order_only: Sequence[str] = ()):
   """Weighted sum of the losses for a batch; returns (loss, dict of the terms).
 
   `weights` has pair, reg, text and optionally ladder (0 when absent); `batch['valid']`
@@ -95,6 +95,11 @@ def total_loss(out, batch, weights, ladder_margin: float = 0.0,
   known to be degraded in one of them is left out of the score terms (pair, ladder, reg),
   not the text, since its overall label mixes in what the head cannot see and fitting it
   would pull down the score of clean-looking videos.
+
+  `order_only` names dimensions whose degraded videos leave only the regression: the score
+  learns where they rank (eq. 1's hinge, which stops pulling once a pair is in order) but
+  not the size of their label, e.g. a noise label's size is a convention of the data, and
+  fitting it teaches the head to read any fine grain as a large loss (README, #15).
   """
   valid = batch["valid"].astype(bool)
   labelled = features.intact(batch["dims"], score_blind) if score_blind else None
@@ -107,8 +112,11 @@ def total_loss(out, batch, weights, ladder_margin: float = 0.0,
   ladder_pred = out.get("patch_scores", out["score"])
   l_ladder, n_ladder = ladder_hinge(ladder_pred, batch["crf"], same_source, ladder_margin)
   regressed = batch["is_original"][:, 0].astype(bool) & valid
-  l_reg = regression(out["score"][:, 0], batch["mos"][:, 0],
-                     regressed if labelled is None else regressed & labelled[:, 0])
+  if labelled is not None:
+    regressed = regressed & labelled[:, 0]
+  if order_only:
+    regressed = regressed & features.intact(batch["dims"][:, 0], order_only)
+  l_reg = regression(out["score"][:, 0], batch["mos"][:, 0], regressed)
   mask_loss = batch["mask_loss"] * valid[:, None]
   l_text, n_tokens = text_cross_entropy(out["logits"], batch["text"], mask_loss)
   loss = (weights["pair"] * l_pair + weights["reg"] * l_reg + weights["text"] * l_text

@@ -69,7 +69,7 @@ def param_rules(config) -> tuple[tuple[str, float], ...]:
       (r"proj_ctx/.*", 0.0 if mode == "frozen" else 1.0),
       (r"llm/.*lora_[ab]", 1.0),
       (r"llm/.*", 0.0 if frozen_base else 1.0),
-      (r"(pix|proj_pix|pix_norm|score_head)/.*", 1.0),
+      (r"(pix|proj_pix|pix_norm|score_head|score_weight)/.*", 1.0),
   )
 
 
@@ -209,7 +209,8 @@ def guarded_update(optimizer, loss_fn, state, batch):
 
 
 def make_train_step(setup: Setup, loss_weights: Mapping[str, float],
-                    ladder_margin: float = 0.0, score_blind: Sequence[str] = ()):
+                    ladder_margin: float = 0.0, score_blind: Sequence[str] = (),
+                    order_only: Sequence[str] = ()):
   """One jitted step: forward, loss, gradients of the trainable params only, update.
 
   A non-finite loss or gradient norm leaves the state unchanged and sets `finite` False,
@@ -219,7 +220,8 @@ def make_train_step(setup: Setup, loss_weights: Mapping[str, float],
 
   def loss_fn(trainable, frozen, batch):
     out = model.apply({"params": combine(trainable, frozen)}, batch, train=True)
-    return losses.total_loss(out, batch, loss_weights, ladder_margin, tuple(score_blind))
+    return losses.total_loss(out, batch, loss_weights, ladder_margin, tuple(score_blind),
+                             tuple(order_only))
 
   def step(state, batch):
     new_state, metrics = guarded_update(setup.optimizer, loss_fn, state, batch)
@@ -418,7 +420,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log_line(f"resumed from step {int(state['step'])}")
   writer = make_writer(workdir)
   train_step = make_train_step(setup, config.loss_weights, config.get("ladder_margin", 0.0),
-                               config.get("score_blind", ()))
+                               config.get("score_blind", ()), config.get("order_only", ()))
   report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)
   evaluate = functools.partial(evaluator.evaluate, model=model, records=eval_records,

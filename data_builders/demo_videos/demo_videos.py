@@ -16,6 +16,10 @@ parameter is one record of that source:
   exposure    gain 0.5 / 0.7 (under), 1.4 / 2.0 (over) on the code values, clipped
   stutter     frame repetition (perturb.repeat_frames), strength 0.15 / 0.3
   drop        frame drops (perturb.drop_frames), strength 0.15 / 0.3
+  grainy crf  only with `grain_sigma` S (default None): libx264 at `grain_crfs` (13, 17,
+              ..., 49) of the noise-S clip, VMAF against that clip, source_id
+              '<photo>+noiseS' (real sources carry grain that compression smooths away,
+              and that must still count as a loss)
 
 Non-compression variants are stored losslessly (FFV1) before measuring, so the named
 distortion is the only one. Per record (features.video_features layout):
@@ -33,7 +37,8 @@ distortion is the only one. Per record (features.video_features layout):
               trusted label; there are no derived pairs without one. `crf` is set for the
               compression variants (NO_CRF otherwise), so same-source CRF pairs and flip
               rates still work.
-  source_id   the photo name; id = '<photo>/<variant>', e.g. 'chelsea/crf31'.
+  source_id   the photo name ('<photo>+noise5' on the grainy ladder); id =
+              '<photo>/<variant>', e.g. 'chelsea/crf31', 'chelsea/noise5_crf21'.
 
 Splits by source (build_utils.seeded_split): ~25 % of the photos are `test`, the rest
 `train`; no source is in both.
@@ -90,6 +95,8 @@ class DemoVideosConfig(tfds.core.BuilderConfig):
   exposure_gains: tuple[float, ...] = _SPEC.exposure_gains
   stutter_strengths: tuple[float, ...] = _SPEC.stutter_strengths
   drop_strengths: tuple[float, ...] = _SPEC.drop_strengths
+  grain_sigma: float | None = _SPEC.grain_sigma
+  grain_crfs: tuple[int, ...] = _SPEC.grain_crfs
   test_share: float = _SPEC.test_share
   seed: int = _SPEC.seed
   vocab_size: int = 1024

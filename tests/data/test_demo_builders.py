@@ -33,7 +33,8 @@ DIM = {name: i for i, name in enumerate(features.DIMENSIONS)}
 TINY = dict(
     name="tiny", sources=("chelsea", "coins", "rocket"), height=48, width=64,
     clip_frames=8, num_frames=3, crfs=(23, 33, 43), blur_sigmas=(1.0, 2.5),
-    noise_sigmas=(5.0, 20.0), exposure_gains=(0.6, 1.6), stutter_strengths=(0.3,),
+    noise_sigmas=(5.0, 20.0), grain_sigma=5.0, grain_crfs=(23, 43), exposure_gains=(0.6, 1.6),
+    stutter_strengths=(0.3,),
     drop_strengths=(0.3,), vocab_size=600)
 
 
@@ -101,7 +102,8 @@ def by_source(records):
   out = collections.defaultdict(dict)
   for r in records:
     source, variant = text(r["id"]).split("/")
-    assert text(r["source_id"]) == source
+    grainy = variant.startswith("noise5_crf")  # the grainy ladder is a source of its own
+    assert text(r["source_id"]) == (f"{source}+noise5" if grainy else source)
     out[source][variant] = r
   return out
 
@@ -111,7 +113,7 @@ def by_source(records):
 def test_splits_are_disjoint_by_source(demo):
   builder, splits = demo
   assert set(splits) == {"train", "test"}
-  sources = {s: {text(r["source_id"]) for r in rs} for s, rs in splits.items()}
+  sources = {s: {text(r["source_id"]).split("+")[0] for r in rs} for s, rs in splits.items()}
   assert not sources["train"] & sources["test"]
   assert sources["train"] | sources["test"] == set(TINY["sources"])
   assert len(sources["test"]) == 1  # round(0.25 * 3)
@@ -124,18 +126,19 @@ def test_record_layout(demo):
   records = [r for rs in splits.values() for r in rs]
   n_variants = 1 + sum(len(TINY[k]) for k in ("crfs", "blur_sigmas", "noise_sigmas",
                                                "exposure_gains", "stutter_strengths",
-                                               "drop_strengths"))
+                                               "drop_strengths", "grain_crfs"))
   assert len(records) == len(TINY["sources"]) * n_variants
   assert len({text(r["id"]) for r in records}) == len(records)
   assert set(builder.info.features.keys()) == set(features.video_features(3).keys())
   for r in records:
     frames = np.stack(r["frames"])
-    portrait = text(r["source_id"]) == "rocket"
+    portrait = text(r["source_id"]).startswith("rocket")
     assert frames.shape == ((3, 64, 48, 3) if portrait else (3, 48, 64, 3))
     assert (int(r["height"]), int(r["width"])) == frames.shape[1:3]
     assert r["is_original"]  # every demo video has a trusted label
     variant = text(r["id"]).split("/")[1]
-    assert r["crf"] == (int(variant[3:]) if variant.startswith("crf") else features.NO_CRF)
+    crf = variant.split("_")[-1]
+    assert r["crf"] == (int(crf[3:]) if crf.startswith("crf") else features.NO_CRF)
     assert math.isnan(r["mos_native"])
     assert 1.0 <= r["mos"] <= 5.0 and np.all((r["dimensions"] >= 1) & (r["dimensions"] <= 5))
     assert np.isfinite([r["vmaf"], r["ssim"], r["psnr"], r["bitrate_kbps"]]).all()
@@ -165,6 +168,10 @@ def test_quality_falls_with_crf_blur_and_noise(demo):
       assert vmaf == sorted(vmaf, reverse=True) and len(set(vmaf)) == 3, (source, ladder, vmaf)
       assert mos == sorted(mos, reverse=True) and len(set(mos)) == 3, (source, ladder, mos)
       assert psnr == sorted(psnr, reverse=True), (source, ladder, psnr)
+    # The grainy ladder: scored against the grainy clip, no rung better than that clip.
+    grainy = [v[name]["mos"] for name in ("noise5", "noise5_crf23", "noise5_crf43")]
+    assert grainy == sorted(grainy, reverse=True) and grainy[1] > grainy[2], (source, grainy)
+    assert v["noise5_crf23"]["vmaf"] > v["noise5_crf43"]["vmaf"]
 
 
 def test_dimensions_move_with_their_distortion(demo):
@@ -242,8 +249,8 @@ def _tfds_build_command():
 
 def test_command_line_build(tmp_path):
   config = dict(TINY, name="cli", sources=["chelsea", "coins"], crfs=[25, 45],
-                blur_sigmas=[2.0], noise_sigmas=[], exposure_gains=[], stutter_strengths=[],
-                drop_strengths=[0.3])
+                blur_sigmas=[2.0], noise_sigmas=[], grain_sigma=None, exposure_gains=[],
+                stutter_strengths=[], drop_strengths=[0.3])  # no noise-5 clip for TINY's grain
   cmd = _tfds_build_command() + [
       "data_builders/demo_videos", f"--data_dir={tmp_path}", f"--config={json.dumps(config)}"]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -443,6 +450,12 @@ def test_distortion_names_and_spec_validation():
   assert names[:3] == ["pristine", "crf13", "crf15"] and "crf51" in names
   assert {"blur0.8", "noise20", "gain0.5", "gain2", "stutter0.15", "drop0.3"} <= set(names)
   assert len(names) == len(set(names)) == 35
+  grainy = [d.name for d in demo_clips.ClipSpec(grain_sigma=5.0).distortions()]
+  assert grainy[35:] == [f"noise5_crf{c}" for c in range(13, 50, 4)]
+  with pytest.raises(ValueError, match="grain_sigma 7"):
+    demo_clips.ClipSpec(grain_sigma=7.0)
+  with pytest.raises(ValueError, match="grain is a property of a CRF rung"):
+    demo_clips.Distortion("blur", 1.0, grain=5.0)
   with pytest.raises(ValueError, match="scene_short 100"):
     demo_clips.ClipSpec(scene_short=100)
   with pytest.raises(ValueError, match="outside libx264"):
@@ -487,6 +500,11 @@ def test_mos_labels():
       round(1 + 4 * math.exp(-1), 2)]
   with pytest.raises(ValueError, match="not finite"):
     demo_clips.mos_labels([D("crf", 21)], [float("nan")])
+  # The grainy ladder: its own running minimum (not crf21's 90), from its noise score.
+  noise10 = 1 + 4 * math.exp(-10 / 12)
+  grainy = [D("crf", 21), D("crf", 21, grain=10.0), D("crf", 25, grain=10.0)]
+  assert demo_clips.mos_labels(grainy, [90.0, 95.0, 97.0]) == [
+      4.6, round(1 + (noise10 - 1) * 0.95, 2), round(1 + (noise10 - 1) * 0.95, 2)]
 
 
 def test_round_score_never_lands_on_a_level_edge():

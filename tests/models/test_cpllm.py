@@ -86,25 +86,29 @@ def np_layer_norm(x, scale, bias):
   return (x - mu) / np.sqrt(var + 1e-6) * scale + bias
 
 
-def np_score_head(x, p):
-  hidden = np.maximum(x @ p["score_head"]["hidden"]["kernel"] + p["score_head"]["hidden"]["bias"],
-                      0)
-  return hidden @ p["score_head"]["out"]["kernel"][:, 0] + p["score_head"]["out"]["bias"][0]
+def np_score_head(x, p, name="score_head"):
+  hidden = np.maximum(x @ p[name]["hidden"]["kernel"] + p[name]["hidden"]["bias"], 0)
+  return hidden @ p[name]["out"]["kernel"][:, 0] + p[name]["out"]["bias"][0]
 
 
-@pytest.mark.parametrize("score_tokens,prenorm", [("all", False), ("pixel", False),
-                                                  ("pixel", True), ("all", True),
-                                                  ("patch", False), ("patch", True)])
-def test_scores_match_independent_computation(tiny, score_tokens, prenorm):
+@pytest.mark.parametrize("score_tokens,prenorm,pool", [
+    ("all", False, "mean"), ("pixel", False, "mean"), ("pixel", True, "mean"),
+    ("all", True, "mean"), ("patch", False, "mean"), ("patch", True, "mean"),
+    ("patch", False, "weighted")])
+def test_scores_match_independent_computation(tiny, score_tokens, prenorm, pool):
   """Pixel path per patch through the ViT alone, then NumPy: projection, mean over K,
   LayerNorm, token-mean of concat(u, v) (or of v alone; with score_prenorm the head reads
   v before the LayerNorm), ReLU MLP, mean over frames. With 'patch' the MLP scores each
-  patch's token-mean (LayerNorm'd unless prenorm) and the frame score is their mean."""
+  patch's token-mean (LayerNorm'd unless prenorm) and the frame score is their mean, or
+  with score_pool 'weighted' their mean weighted by softplus(second MLP) + 1e-6."""
   cfg, model, params, apply = tiny
-  if (score_tokens, prenorm) != ("all", False):
-    model = model.clone(score_tokens=score_tokens, score_prenorm=prenorm)
-    apply = jax.jit(model.apply, static_argnames=("decode",))
   batch = make_batch(cfg, [[True, True], [True, False]], seed=2)
+  if (score_tokens, prenorm, pool) != ("all", False, "mean"):
+    model = model.clone(score_tokens=score_tokens, score_prenorm=prenorm, score_pool=pool)
+    apply = jax.jit(model.apply, static_argnames=("decode",))
+  if pool == "weighted":  # the same parameters plus score_weight, not zero
+    extra = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(1), batch))["params"]
+    params = {"params": dict(params["params"], score_weight=extra["score_weight"])}
   out = apply(params, batch, decode=False)
   assert "logits" not in out
   assert ("patch_scores" in out) == (score_tokens == "patch")
@@ -131,7 +135,10 @@ def test_scores_match_independent_computation(tiny, score_tokens, prenorm):
           patch_scores = np_score_head(per_patch, p)
           np.testing.assert_allclose(out["patch_scores"][i, video, f], patch_scores,
                                      atol=1e-4)
-          frame_scores.append(patch_scores.mean())
+          weights = np.ones(k)
+          if pool == "weighted":
+            weights = np.logaddexp(0, np_score_head(per_patch, p, "score_weight")) + 1e-6
+          frame_scores.append((weights * patch_scores).sum() / weights.sum())
           continue
         v_score = h.mean(0) if prenorm else v
         pooled = (np.concatenate([u, v_score]) if score_tokens == "all" else v_score).mean(0)
@@ -152,6 +159,13 @@ def test_level_score_is_q_align_expectation(tiny):
     probs /= probs.sum()
     np.testing.assert_allclose(out["level_probs"][i], probs, atol=1e-6)
     np.testing.assert_allclose(out["level_score"][i], probs @ [5, 4, 3, 2, 1], atol=1e-5)
+
+
+def test_weighted_pool_needs_patch_scores():
+  with pytest.raises(ValueError, match="needs score_tokens='patch'"):
+    cpllm.CPLLM(**dict(configs.load("configs/tiny.py:gemma2").model, score_pool="weighted",
+                       score_tokens="pixel")).init(jax.random.PRNGKey(0), make_batch(
+                           configs.load("configs/tiny.py:gemma2"), [[True, False]]))
 
 
 def test_helpers_on_small_examples():

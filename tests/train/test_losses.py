@@ -156,3 +156,32 @@ def test_score_blind_dimensions_leave_videos_out_of_the_score_terms():
   np.testing.assert_array_equal(
       features.intact(dims, ("exposure",)), [[False, True], [True, True], [True, True],
                                              [True, True]])
+
+
+def test_order_only_dimensions_leave_only_the_regression():
+  """By hand. Row 0: a single noisy video (noise 3.6) -> out of reg. Row 1: a pair whose A
+  is noisy -> still in the pair hinge, out of reg. Row 2: a single clean video -> in reg."""
+  d = len(features.DIMENSIONS)
+  dims = np.full((3, 2, d), 5.0, np.float32)
+  dims[0, 0, features.DIMENSIONS.index("noise")] = 3.6
+  dims[1, 0, features.DIMENSIONS.index("noise")] = 2.7
+  score = np.array([[4.0, 4.0], [3.0, 2.0], [3.5, 3.5]], np.float32)
+  mos = np.array([[2.0, 2.0], [2.0, 4.0], [3.0, 3.0]], np.float32)
+  batch = dict(mos=mos, video_mask=np.array([[1, 0], [1, 1], [1, 0]], bool),
+               is_original=np.ones((3, 2), bool), valid=np.ones(3, bool),
+               crf=np.full((3, 2), -1), pair_kind=np.array([0, 2, 0]), dims=dims,
+               text=np.zeros((3, 3), int), mask_loss=np.ones((3, 3), int))
+  out = dict(score=score, logits=np.zeros((3, 3, 5), np.float32))
+  weights = dict(pair=1.0, reg=1.0, text=0.0)
+  _, ordered = losses.total_loss(out, batch, weights, order_only=("noise",))
+  _, all_rows = losses.total_loss(out, batch, weights)
+  # Pair (row 1): -(2-4)(3-2) = 2 either way. Reg errors: rows 0..2 are 4, 1, 0.25.
+  np.testing.assert_allclose(ordered["loss_pair"], 2.0, rtol=1e-6)
+  np.testing.assert_allclose(all_rows["loss_pair"], 2.0, rtol=1e-6)
+  np.testing.assert_allclose(ordered["loss_reg"], 0.25, rtol=1e-6)
+  np.testing.assert_allclose(all_rows["loss_reg"], (4 + 1 + 0.25) / 3, rtol=1e-6)
+
+
+def test_unknown_dimension_names_are_refused():
+  with pytest.raises(ValueError, match=r"unknown quality dimension.*'blur'.*sharpness"):
+    features.intact(np.full((2, len(features.DIMENSIONS)), 5.0), ("blur",))
