@@ -28,10 +28,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   names = flags.FLAGS.rows or list(configs.load_module(CONFIG).ABLATIONS)
+  demo_data_dir = configs.load("configs/demo.py").data.data_dir
   results = {}
   for name in names:
     config = configs.load(f"{CONFIG}:{name}")
-    if config.data.data_dir == configs.load("configs/demo.py").data.data_dir:
+    if config.data.data_dir == demo_data_dir:
       config.data.data_dir = flags.FLAGS.data_dir  # rows with data of their own keep it
     workdir = os.path.join(flags.FLAGS.workdir, name)
     done = evaluator.load_metrics(workdir, config.total_steps)

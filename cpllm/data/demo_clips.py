@@ -300,12 +300,13 @@ class Distortion:
     if self.kind == "pristine":
       return "pristine"
     name = f"{_NAME_PREFIX[self.kind]}{self.value:g}"
-    return f"{_NAME_PREFIX['noise']}{self.grain:g}_{name}" if self.grain else name
+    return f"{self.ladder}_{name}" if self.grain else name
 
   @property
   def ladder(self) -> str:
-    """Which CRF ladder a rung belongs to: '' (of the pristine clip) or 'noise5'."""
-    return f"{_NAME_PREFIX['noise']}{self.grain:g}" if self.grain else ""
+    """Which CRF ladder a rung belongs to: '' (of the pristine clip) or the name of the
+    noise variant it encodes, e.g. 'noise5'."""
+    return Distortion("noise", self.grain).name if self.grain else ""
 
   def apply(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The distorted frames (not for 'crf': compression happens in the encoder)."""
