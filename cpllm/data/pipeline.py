@@ -350,7 +350,13 @@ def _host_batches(ds: grain.MapDataset, batch_size: int, shard_index: int,
   own rows.
   """
   _check_shard(shard_index, shard_count)
-  return ds.batch(batch_size)[shard_index::shard_count].to_iter_dataset()
+  return ds.batch(batch_size)[shard_index::shard_count].to_iter_dataset(PREFETCH)
+
+
+# Batches read ahead by threads in each process that reads (grain's default, 500 of them
+# on 16 threads, loads hundreds of batches that a short run never uses and takes the
+# cores from the train step; a few in flight keep one step fed).
+PREFETCH = grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)
 
 
 def _prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
