@@ -5,6 +5,9 @@ anywhere; subprocesses that tests start inherit them (see `xla_flags`).
 - `--xla_backend_optimization_level=0`: LLVM stops optimising the generated CPU code. The
   tests run tiny shapes, where compiling costs far more than running; the generated code
   computes the same values (XLA's own HLO passes still run, and no fast-math is enabled).
+- `--xla_cpu_use_fusion_emitters=false`: fused loops are emitted by XLA's older LLVM
+  emitter instead of its MLIR one, which halves the compile time of a train step here
+  (3.5 s -> 1.5 s for the tiny CP-LLM); the same fusions compute the same operations.
 - One persistent compilation cache per test run, shared by the xdist workers and every
   subprocess: the end-to-end tests compile the same train, evaluation and scoring programs
   in several processes, and each is compiled once. Per run, not per checkout, so a test run
@@ -19,7 +22,7 @@ import shutil
 import tempfile
 import uuid
 
-OPTIMIZATION = "--xla_backend_optimization_level=0"
+OPTIMIZATION = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def xla_flags(device_count: int) -> str:

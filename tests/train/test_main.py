@@ -68,14 +68,16 @@ def test_scorer_scores_files_with_the_checkpoint_the_trainer_wrote(data_dir, tra
   line = scorer.score_file(path)
 
   # Reference: the whole saved state restored by orbax's plain path, then only the two
-  # encoders and the score head (no pair padding, no decoder) on the same frames.
+  # encoders and the score head (no pair padding, no decoder) on the same frames. Other
+  # batch shapes fuse differently: float32 round-off of a few 1e-6 relative, no more.
   _, state = e2e.final_params(workdir)
   params = trainer.combine(state["trainable"], state["frozen"])
   ctx, patches = video.preprocess(frames, scorer.config.model)
   _, _, frame_scores, _ = scorer.model.apply({"params": params}, ctx, patches,
                                           method=scorer.model.encode_frames)
-  np.testing.assert_allclose(line["frame_scores"], frame_scores, atol=1e-5)
-  assert line["score"] == pytest.approx(float(np.clip(np.mean(frame_scores), 1, 5)), abs=1e-5)
+  np.testing.assert_allclose(line["frame_scores"], frame_scores, rtol=1e-5, atol=1e-5)
+  assert line["score"] == pytest.approx(float(np.clip(np.mean(frame_scores), 1, 5)), rel=1e-5,
+                                        abs=1e-5)
   assert line["level"] == instructions.score_to_level(line["score"])
   assert 1.0 <= line["level_score"] <= 5.0
   assert isinstance(line["description"], str)
