@@ -13,7 +13,8 @@ share the CPU. So the demo's train loop, run as trainer.main runs it (steps disp
 asynchronously, the next batch fetched while a step computes; after FED_WARMUP_STEPS),
 is also timed fed by the pipeline (its configured workers, and with none) and fed one
 fixed batch: `loop_slowdown` = fed / fixed loop step time (1 = the pipeline costs the step
-nothing).
+nothing). The fed loop with the demo's workers is timed twice: with the pipeline's read-ahead
+(pipeline.READ_AHEAD) and with grain's default (500 batches on 16 threads per process).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 
+import grain
 import jax
 
 from absl import flags
@@ -42,26 +44,23 @@ def demo_data(config) -> str:
   return data_dir
 
 
-def make_iterator(config, data_dir: str, num_workers: int):
+def make_iterator(config, data_dir: str, num_workers: int,
+                  read_ahead: grain.ReadOptions = pipeline.READ_AHEAD):
   tokenizer = tokenizer_lib.Tokenizer(pipeline.dataset_tokenizer(config.data.name, data_dir))
   records, meta = pipeline.open_split(config.data.name, config.data.train_split, data_dir)
   return iter(pipeline.train_dataset(
       records, meta, tokenizer, model_config=config.model, num_frames=config.num_frames,
       text_len=config.text_len, batch_size=config.batch_size, seed=config.seed,
       mix=pipeline.Mix(**config.data.mix), level_rate=config.data.level_rate,
-      reason_rate=config.data.get("reason_rate", 0.0), num_workers=num_workers))
+      reason_rate=config.data.get("reason_rate", 0.0), num_workers=num_workers,
+      read_ahead=read_ahead))
 
 
-# grain's to_iter_dataset reads ahead with a thread pool (a 500-element buffer by default),
-# so batches taken right after a pause come from that buffer, not from the work: the
-# first PREFETCHED examples are discarded before timing, draining it.
-PREFETCHED = 600
-
-
-def warm_batches(num_workers: int, batch_size: int) -> int:
-  """Batches to discard before timing: the read-ahead buffer, and each worker process
-  starting Python, importing JAX and compiling the preprocessing on its first batch."""
-  return PREFETCHED // batch_size + 2 * max(num_workers, 1)
+def warm_batches(num_workers: int) -> int:
+  """Batches to discard before timing: the read-ahead buffer (batches taken right after a
+  pause come from it, not from the work), and each worker process starting Python,
+  importing JAX and compiling the preprocessing on its first batch."""
+  return pipeline.READ_AHEAD.prefetch_buffer_size + 2 * max(num_workers, 1)
 
 
 def pipeline_rate(config, data_dir: str, num_workers: int, batches: int) -> dict:
@@ -71,7 +70,7 @@ def pipeline_rate(config, data_dir: str, num_workers: int, batches: int) -> dict
     start = time.perf_counter()
     next(iterator)
     first_s = time.perf_counter() - start
-    for _ in range(warm_batches(num_workers, config.batch_size) - 1):
+    for _ in range(warm_batches(num_workers) - 1):
       next(iterator)
     start = time.perf_counter()
     for _ in range(batches):
@@ -88,6 +87,18 @@ def pipeline_rate(config, data_dir: str, num_workers: int, batches: int) -> dict
 # read-ahead buffers as fast as they can, taking both cores from the step; a long run sees
 # that once. Timing begins after as many steps as the demo logs at once (25).
 FED_WARMUP_STEPS = 25
+
+
+def fed_loop_step_s(config, data_dir: str, loop_step_s, steps: int, workers: int,
+                    read_ahead: grain.ReadOptions = pipeline.READ_AHEAD) -> float:
+  """Step time of the train loop fed by the pipeline, after FED_WARMUP_STEPS."""
+  iterator = make_iterator(config, data_dir, workers, read_ahead)
+  try:
+    loop_step_s(lambda: next(iterator), FED_WARMUP_STEPS)
+    return loop_step_s(lambda: next(iterator), steps)
+  finally:
+    if hasattr(iterator, "close"):
+      iterator.close()
 
 
 def train_loop(config, data_dir: str, steps: int, fed_workers=()) -> dict:
@@ -118,14 +129,12 @@ def train_loop(config, data_dir: str, steps: int, fed_workers=()) -> dict:
   out = dict(fixed_step_s=fixed["median"], loop_fixed_step_s=loop_fixed,
              train_examples_per_s=config.batch_size / fixed["median"], fed={})
   for workers in fed_workers:
-    iterator = make_iterator(config, data_dir, workers)
-    try:
-      loop_step_s(lambda: next(iterator), FED_WARMUP_STEPS)
-      fed = loop_step_s(lambda: next(iterator), steps)
-    finally:
-      if hasattr(iterator, "close"):
-        iterator.close()
+    fed = fed_loop_step_s(config, data_dir, loop_step_s, steps, workers)
     out["fed"][workers] = dict(step_s=fed, slowdown=fed / loop_fixed)
+  if fed_workers:  # the demo's workers with grain's default read-ahead, for comparison
+    workers = config.data.num_workers
+    fed = fed_loop_step_s(config, data_dir, loop_step_s, steps, workers, grain.ReadOptions())
+    out["grain_default"] = dict(num_workers=workers, step_s=fed, slowdown=fed / loop_fixed)
   return out
 
 
@@ -157,7 +166,10 @@ def run(quick: bool = False) -> dict:
                 num_workers=config.data.num_workers, batch_size=config.batch_size,
                 rows=rows, fixed_step_s=loop["fixed_step_s"],
                 loop_fixed_step_s=loop["loop_fixed_step_s"],
-                train_examples_per_s=loop["train_examples_per_s"])
+                train_examples_per_s=loop["train_examples_per_s"],
+                read_ahead=dict(num_threads=pipeline.READ_AHEAD.num_threads,
+                                prefetch_buffer_size=pipeline.READ_AHEAD.prefetch_buffer_size),
+                grain_default=loop.get("grain_default"))
   common.write_result("pipeline", result, quick=quick)
   return result
 

@@ -95,10 +95,19 @@ def pipeline(r: dict) -> str:
        "train loop s/step fed by it", "fed / fixed-batch loop"])
   loop = r.get("loop_fixed_step_s")
   loop = f"; in the train loop {common.fmt(loop)} s/step" if loop else ""
+  default = r.get("grain_default")
+  if default:
+    ours = next(x for x in r["rows"] if x["num_workers"] == default["num_workers"])
+    read = r["read_ahead"]
+    default = (f"\n\nRead-ahead, the same loop with the demo's {default['num_workers']} "
+               f"workers: {common.fmt(ours['fed_step_s'])} s/step with the pipeline's "
+               f"{read['prefetch_buffer_size']} batches on {read['num_threads']} threads per "
+               f"process, {common.fmt(default['step_s'])} s/step with grain's default (500 "
+               f"batches on 16 threads): **{common.fmt(default['step_s'] / ours['fed_step_s'])}x**.")
   return (f"{table}\n\nDemo train step on a fixed batch: {common.fmt(r['fixed_step_s'])} "
           f"s/step = {common.fmt(r['train_examples_per_s'])} examples/s (batch "
           f"{r['batch_size']}){loop}. **ratio_to_train = {common.fmt(r['ratio_to_train'])}** "
-          f"(the demo's {r['num_workers']} workers).")
+          f"(the demo's {r['num_workers']} workers).{default or ''}")
 
 
 def memory(r: dict) -> str:

@@ -340,8 +340,15 @@ def _check_shard(shard_index: int, shard_count: int) -> None:
     raise ValueError(f"shard {shard_index} of {shard_count}")
 
 
+# Batches read ahead by threads in each process that reads. grain's default (500 batches on
+# 16 threads) loads hundreds of batches a run never uses and takes the cores from the train
+# step while it fills (bench/pipeline.py measures both); a few in flight keep a step fed.
+READ_AHEAD = grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)
+
+
 def _host_batches(ds: grain.MapDataset, batch_size: int, shard_index: int,
-                  shard_count: int) -> grain.IterDataset:
+                  shard_count: int,
+                  read_ahead: grain.ReadOptions = READ_AHEAD) -> grain.IterDataset:
   """This host's rows of every global batch of an endless per-example stream.
 
   Host p of P gets rows [p * b, (p + 1) * b) of each global batch of P * b examples, so
@@ -350,13 +357,7 @@ def _host_batches(ds: grain.MapDataset, batch_size: int, shard_index: int,
   own rows.
   """
   _check_shard(shard_index, shard_count)
-  return ds.batch(batch_size)[shard_index::shard_count].to_iter_dataset(PREFETCH)
-
-
-# Batches read ahead by threads in each process that reads (grain's default, 500 of them
-# on 16 threads, loads hundreds of batches that a short run never uses and takes the
-# cores from the train step; a few in flight keep one step fed).
-PREFETCH = grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)
+  return ds.batch(batch_size)[shard_index::shard_count].to_iter_dataset(read_ahead)
 
 
 def _prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
@@ -368,8 +369,8 @@ def _prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
 def train_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frames: int,
                   text_len: int, batch_size: int, seed: int, mix: Mix = Mix(),
                   level_rate: float = 0.3, reason_rate: float = 0.0, augment: bool = False,
-                  num_workers: int = 0, shard_index: int = 0,
-                  shard_count: int = 1) -> grain.IterDataset:
+                  num_workers: int = 0, shard_index: int = 0, shard_count: int = 1,
+                  read_ahead: grain.ReadOptions = READ_AHEAD) -> grain.IterDataset:
   """Endless, shuffled, batched training examples: this host's `batch_size` rows of each
   global batch of `batch_size * shard_count` (see _host_batches); `augment`: random flips
   and patch positions (module docstring)."""
@@ -377,7 +378,8 @@ def train_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frame
   ds = ds.random_map(PlanPair(meta, mix, level_rate, reason_rate), seed=seed)
   ds = ds.map(LoadExample(records, meta, tokenizer, model_config, num_frames, text_len,
                           augment))
-  return _prefetch(_host_batches(ds, batch_size, shard_index, shard_count), num_workers)
+  return _prefetch(_host_batches(ds, batch_size, shard_index, shard_count, read_ahead),
+                   num_workers)
 
 
 def _pad_batch(batch, batch_size: int):
