@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cpllm-installed
 PYTEST_ARGS ?= -n auto --dist loadfile
 
-.PHONY: setup test demo bench bench-quick clean
+.PHONY: setup test test-fast demo bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): requirements.txt requirements-baselines.txt pyproject.toml
 # pytest exits 5 when it collected no tests; make treats that as a failure too.
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+# The unit tests alone (the tests marked slow left out: end to end, subprocesses, dataset
+# builds, the compile-heavy ones); `make test` stays the full suite that CI runs.
+test-fast: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
 
 demo: $(STAMP)
 	$(PY) -m cpllm.demo

@@ -26,6 +26,7 @@ def test_make_mesh_sizes_and_errors():
     sharding.make_mesh((-1, -1, 1))
 
 
+@pytest.mark.slow
 def test_sharded_init_matches_single_device():
   cfg = configs.load("configs/tiny.py:gemma2")
   model = cpllm.CPLLM(**cfg.model)
@@ -65,6 +66,7 @@ def _train_on_mesh(config, shape, steps=3):
   return np.array(losses), jax.tree.map(np.asarray, state["trainable"])
 
 
+@pytest.mark.slow
 def test_train_steps_agree_across_meshes():
   """Data, FSDP and tensor parallelism change where numbers live, not what they are.
 
@@ -92,6 +94,7 @@ def _bytes_per_device(tree) -> dict:
   return per_device
 
 
+@pytest.mark.slow
 def test_fsdp_splits_parameters_and_optimizer_state():
   config = test_trainer.train_config(batch_size=8, train_decoder_base=True,
                                      context_encoder="all")

@@ -28,6 +28,8 @@ from cpllm.data import video
 from data_builders.crf_variants import crf_variants
 from data_builders.mos_videos import mos_videos
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
+
 flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
 tfds.disable_progress_bar()
 

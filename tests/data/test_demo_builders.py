@@ -27,6 +27,8 @@ from cpllm.data import tokenizer
 from data_builders.demo_videos import demo_videos
 from data_builders.quality_instructions import quality_instructions
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIM = {name: i for i, name in enumerate(features.DIMENSIONS)}
 

@@ -87,6 +87,7 @@ def scorer(tmp_path_factory):
   return score.Scorer(str(workdir))
 
 
+@pytest.mark.slow
 def test_compare_in_both_orders_names_the_same_better_file(scorer, tmp_path):
   rng = np.random.default_rng(0)
   detailed = rng.integers(0, 256, (6, 48, 64, 3), dtype=np.uint8)

@@ -176,6 +176,7 @@ def test_examples_match_direct_preprocessing(data, tokenizer):
       assert named[1] == ("first" if meta.mos[a] > meta.mos[second] else "second")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_restored_iterator_continues_exactly(data, tokenizer, workers):
   records, meta = data

@@ -246,6 +246,7 @@ def test_cached_greedy_decoding_matches_full_forward(tiny):
   np.testing.assert_array_equal(np.argmax(logits[:, prompt_len - 1:-1], -1), tokens)
 
 
+@pytest.mark.slow
 def test_smoke_run_prints_every_stage(capsys):
   from cpllm import smoke
   smoke.main()

@@ -274,6 +274,7 @@ def test_weight_einsum_matches_float64(name, x_axes, out_axes, t):
                              rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_decode_step_never_copies_a_weight():
   """A one-token step of the looped decoder, compiled: no instruction other than the
   parameters may produce an array as large as a weight matrix (the transposed copies
@@ -324,6 +325,7 @@ def test_remat_and_bf16_run_close_to_float32():
 # --------------------------------------------------------------------------- LoRA
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,targets", [
     ("tiny", ("q_einsum", "kv_einsum")),
     ("tiny2", ("q_einsum", "kv_einsum", "attn_vec_einsum", "gating_einsum", "linear")),

@@ -55,6 +55,7 @@ def test_greedy_matches_full_forward_argmax(setup):
   np.testing.assert_array_equal(out["lengths"], [6, 6, 6])
 
 
+@pytest.mark.slow
 def test_eos_stops_rows_and_sampling_is_seeded(setup):
   model, variables, batch, prefix = setup
   greedy = np.asarray(sampler.make_generate(model, max_new_tokens=5, eos_id=-1)(

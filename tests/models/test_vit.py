@@ -187,6 +187,7 @@ def test_so400m_param_count(scan, size, want):
   assert 4.0e8 < want + 15_238_352 < 4.3e8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
 def test_remat_same_output_and_grads(scan):
   images = _images((2, 16, 16, 3))

@@ -122,6 +122,7 @@ def test_grpo_loss_hand_computed():
   np.testing.assert_allclose(aux["clip_fraction"], (0.5 + 0 + 1) / 3, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_teacher_forced_logprobs_equal_the_samplers():
   cfg = configs.load("configs/tiny.py:gemma2")
   model = cpllm.CPLLM(**cfg.model)

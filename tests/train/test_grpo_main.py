@@ -9,11 +9,14 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from cpllm import demo
 from cpllm.train import grpo
 from cpllm.train import trainer
 from tests.train import e2e
+
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
 
 
 def test_grpo_from_the_supervised_run_trains_adapters_only(trained, grpo_run, tmp_path):

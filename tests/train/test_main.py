@@ -27,6 +27,8 @@ from cpllm.train import trainer
 from tests.data import test_pair_order
 from tests.train import e2e
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
+
 
 def test_train_evaluate_and_resume(data_dir, trained, capsys, tmp_path):
   workdir, metrics, printed = trained

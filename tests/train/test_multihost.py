@@ -10,8 +10,11 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from tests.train import e2e
+
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
 
 STEPS = e2e.SMOKE_RUN["total_steps"]
 

@@ -16,6 +16,8 @@ from flax import traverse_util
 from cpllm.train import trainer
 from tests.train import e2e
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` leaves it out
+
 
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(data_dir, trained, tmp_path):
   """The trained run, continued on a copy with a NaN loss weight, stops at its first step

@@ -63,6 +63,7 @@ def test_param_rules_cover_every_parameter(mode, img, proj):
     trainer.lr_multipliers(params, (("img/.*", 1.0),))
 
 
+@pytest.mark.slow
 def test_frozen_params_unchanged_and_without_optimizer_state():
   config = train_config(context_encoder="frozen", lr=1e-2, warmup_steps=0)
   model = cpllm.CPLLM(**config.model)
@@ -91,6 +92,7 @@ def test_frozen_params_unchanged_and_without_optimizer_state():
   assert not names(state["trainable"]) & names(state["frozen"])
 
 
+@pytest.mark.slow
 def test_non_finite_step_leaves_state_unchanged():
   config = train_config(loss_weights=dict(pair=1.0, reg=float("nan"), text=1.0))
   model = cpllm.CPLLM(**config.model)
