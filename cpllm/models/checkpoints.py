@@ -399,7 +399,7 @@ def merge_params(target: Mapping[str, Any], loaded: Mapping[str, Any], *,
   return unflatten(out)
 
 
-def _outside(prefixes: Sequence[str]) -> str:
+def outside(prefixes: Sequence[str]) -> str:
   """Regex matching every name not under one of `prefixes`."""
   return r"(?!(?:%s)/).*" % "|".join(re.escape(p) for p in prefixes)
 
@@ -484,7 +484,7 @@ def load_siglip_npz(path: str, target: Mapping[str, Any], *, dest: str = "img",
       if not _matches(name, ignore):  # Ignored arrays are never read.
         flat[name] = _recover_dtype(npz[stored])
   loaded = {(f"{dest}/{n[4:]}" if n.startswith("img/") else n): v for n, v in flat.items()}
-  return merge_params(target, loaded, keep_init=tuple(keep_init) + (_outside([dest]),),
+  return merge_params(target, loaded, keep_init=tuple(keep_init) + (outside([dest]),),
                       source=f"SigLIP npz {path} (img -> {dest})")
 
 
@@ -505,7 +505,7 @@ def load_paligemma_npz(path: str, target: Mapping[str, Any], *,
       name = _gemma_name(name)
     loaded[name] = value
   return merge_params(target, loaded,
-                      keep_init=tuple(keep_init) + (_outside(["img", "llm", "proj_ctx"]),),
+                      keep_init=tuple(keep_init) + (outside(["img", "llm", "proj_ctx"]),),
                       source=f"PaliGemma npz {path}", gating_layout=gating_layout)
 
 
@@ -545,7 +545,7 @@ def load_gemma(path: str | Mapping[str, Any], target: Mapping[str, Any], *,
     ours = ours[len("transformer/"):] if ours.startswith("transformer/") else ours
     ours = re.sub(r"^layer_(\d+)/", r"layers_\1/", ours)
     loaded[f"{dest}/{_gemma_name(ours)}"] = np.asarray(value)
-  return merge_params(target, loaded, keep_init=tuple(keep_init) + (_outside([dest]),),
+  return merge_params(target, loaded, keep_init=tuple(keep_init) + (outside([dest]),),
                       source=source, gating_layout=gating_layout)
 
 

@@ -1,4 +1,4 @@
-"""Gemma decoder (Gemma 1 and Gemma 2) with prefix-LM masking, a KV cache and LoRA.
+"""Gemma decoder (Gemma 1, 2 and 3) with prefix-LM masking, a KV cache and LoRA.
 
 Parameter names follow big_vision's PaliGemma layout so public checkpoints load
 unchanged (see checkpoints.py):
@@ -11,7 +11,8 @@ unchanged (see checkpoints.py):
   layers/mlp/gating_einsum                 [L, 2, D, F]
   layers/mlp/linear                        [L, F, D]
   layers/{pre_attention_norm,pre_ffw_norm}/scale            [L, D]
-  layers/{post_attention_norm,post_ffw_norm}/scale          [L, D] (Gemma 2)
+  layers/{post_attention_norm,post_ffw_norm}/scale          [L, D] (Gemma 2 and 3)
+  layers/attn/{_query_norm,_key_norm}/scale                 [L, H] (Gemma 3)
   final_norm/scale                         [D]
 
 With `scan=False` the stack is `layers_0 ... layers_{L-1}` without the leading L axis.
@@ -30,12 +31,17 @@ attend token k iff both are real and cumsum(mask_ar)[k] <= cumsum(mask_ar)[q]. E
                                4   1 1 1 1 1
 
 RoPE positions are cumsum(input_mask) - 1, so padding inside a sequence does not shift
-the positions of later tokens. Gemma 2's sliding-window layers additionally require
-|pos_q - pos_k| < window.
+the positions of later tokens. Sliding-window layers additionally require
+|pos_q - pos_k| < window. Which layers are local: every layer but each
+`global_every`-th one (Gemma 2: local, global, ...; Gemma 3: five local, then one global).
+Gemma 3 also norms queries and keys per head (QK-norm) before RoPE, and rotates local
+and global layers with different RoPE bases (10,000 and 1,000,000; the 4B divides global
+positions by 8).
 
 Parameter counts (from `jax.eval_shape`, tests/models/test_gemma.py): gemma_2b has
 2,506,434,560 parameters with the published 256,128-row embedding (2,506,172,416 with the
-256,000 rows usually quoted); gemma2_2b has 2,614,636,800 (2,614,341,888 with 256,000 rows).
+256,000 rows usually quoted); gemma2_2b has 2,614,636,800 (2,614,341,888 with 256,000 rows);
+gemma3_270m 268,098,176, gemma3_1b 999,885,952 and gemma3_4b (text) 3,880,099,328.
 """
 
 from __future__ import annotations
@@ -55,6 +61,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gemma2_2b": dict(width=2304, depth=26, mlp_dim=9216, num_heads=8, num_kv_heads=4,
                       head_dim=256, vocab_size=256128, post_norms=True, attn_softcap=50.0,
                       final_softcap=30.0, sliding_window=4096),
+    "gemma3_270m": dict(width=640, depth=18, mlp_dim=2048, num_heads=4, num_kv_heads=1,
+                        head_dim=256, vocab_size=262144, post_norms=True, qk_norm=True,
+                        sliding_window=512, global_every=6, global_rope_base=1e6),
+    "gemma3_1b": dict(width=1152, depth=26, mlp_dim=6912, num_heads=4, num_kv_heads=1,
+                      head_dim=256, vocab_size=262144, post_norms=True, qk_norm=True,
+                      sliding_window=512, global_every=6, global_rope_base=1e6),
+    "gemma3_4b": dict(width=2560, depth=34, mlp_dim=10240, num_heads=8, num_kv_heads=4,
+                      head_dim=256, vocab_size=262144, post_norms=True, qk_norm=True,
+                      sliding_window=1024, global_every=6, global_rope_base=1e6,
+                      global_rope_scale=8.0),
     # Tiny variants for tests and the demo; `tiny` is Gemma-1-like (MQA), `tiny2`
     # Gemma-2-like (GQA, soft-capping, alternating sliding window, post-norms).
     "tiny": dict(width=64, depth=2, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=16,
@@ -62,6 +78,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tiny2": dict(width=64, depth=3, mlp_dim=128, num_heads=4, num_kv_heads=2, head_dim=16,
                   vocab_size=256, post_norms=True, attn_softcap=50.0, final_softcap=30.0,
                   sliding_window=8),
+    "tiny3": dict(width=64, depth=6, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=16,
+                  vocab_size=256, post_norms=True, qk_norm=True, sliding_window=4,
+                  global_every=3, global_rope_base=1e6, global_rope_scale=2.0),
 }
 
 # Large negative logit for masked attention entries (finite, so fully masked rows of
@@ -234,11 +253,12 @@ def make_attn_mask(input_mask, mask_ar):
   return (seg[:, None, :] <= seg[:, :, None]) & valid
 
 
-def apply_rope(x, positions, max_wavelength: float = 10_000.0):
-  """Rotary embedding on x float[B, T, N, H] at positions int[B, T] (half-split layout)."""
+def apply_rope(x, positions, max_wavelength=10_000.0, scale=1.0):
+  """Rotary embedding on x float[B, T, N, H] at positions int[B, T] / `scale` (half-split
+  layout); `max_wavelength` and `scale` may be traced scalars (one per scanned layer)."""
   half = x.shape[-1] // 2
   timescale = max_wavelength ** (2 * jnp.arange(half, dtype=jnp.float32) / x.shape[-1])
-  angle = positions[..., None, None].astype(jnp.float32) / timescale  # [B, T, 1, H/2]
+  angle = positions[..., None, None].astype(jnp.float32) / scale / timescale
   sin, cos = jnp.sin(angle), jnp.cos(angle)
   first, second = x[..., :half], x[..., half:]
   return jnp.concatenate([first * cos - second * sin, second * cos + first * sin],
@@ -275,12 +295,14 @@ class Attention(nn.Module):
   head_dim: int
   width: int
   attn_softcap: float | None
+  qk_norm: bool
   lora: LoRA
   dtype: Any
 
   @nn.compact
-  def __call__(self, x, kv_cache, window, ctx):
-    """x float[B, T, D]; kv_cache None or (k, v) float[B, S, K, H]; window int[] (0 = global).
+  def __call__(self, x, kv_cache, layer, ctx):
+    """x float[B, T, D]; kv_cache None or (k, v) float[B, S, K, H]; layer: this layer's
+    window int[] (0 = global), rope_base float[] and rope_scale float[].
 
     Returns (float[B, T, D], updated (k, v) or None).
     """
@@ -292,8 +314,10 @@ class Attention(nn.Module):
       q = Einsum((n, d, h), self.lora, self.dtype, name="q_einsum")(x, "BTD", "BTNH")
       k, v = Einsum((2, k_heads, d, h), self.lora, self.dtype, name="kv_einsum")(
           x, "BTD", "CBTKH")
-    q = apply_rope(q, ctx["q_pos"]) * h**-0.5
-    k = apply_rope(k, ctx["q_pos"])
+    if self.qk_norm:
+      q, k = RMSNorm(name="_query_norm")(q), RMSNorm(name="_key_norm")(k)
+    q = apply_rope(q, ctx["q_pos"], layer["rope_base"], layer["rope_scale"]) * h**-0.5
+    k = apply_rope(k, ctx["q_pos"], layer["rope_base"], layer["rope_scale"])
 
     if kv_cache is not None:
       index = ctx["write_index"]
@@ -309,6 +333,7 @@ class Attention(nn.Module):
     if self.attn_softcap:
       logits = jnp.tanh(logits / self.attn_softcap) * self.attn_softcap
     rel = ctx["q_pos"][:, :, None] - ctx["k_pos"][:, None, :]
+    window = layer["window"]
     in_window = (window <= 0) | (jnp.abs(rel) < window)
     mask = ctx["mask"] & in_window  # [B, T, S]
     logits = jnp.where(mask[:, None, None], logits, _MASKED)
@@ -338,7 +363,7 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block; Gemma 2 adds norms after attention and MLP."""
+  """Pre-norm transformer block; Gemma 2 and 3 add norms after attention and MLP."""
   num_heads: int
   num_kv_heads: int
   head_dim: int
@@ -346,16 +371,17 @@ class Block(nn.Module):
   mlp_dim: int
   post_norms: bool
   attn_softcap: float | None
+  qk_norm: bool
   lora: LoRA
   dtype: Any
 
   @nn.compact
-  def __call__(self, x, kv_cache, window, ctx):
+  def __call__(self, x, kv_cache, layer, ctx):
     x = nn.with_logical_constraint(x, ("batch", "seq", "embed"))
     attn_out, kv_cache = Attention(
         self.num_heads, self.num_kv_heads, self.head_dim, self.width, self.attn_softcap,
-        self.lora, self.dtype, name="attn")(RMSNorm(name="pre_attention_norm")(x),
-                                            kv_cache, window, ctx)
+        self.qk_norm, self.lora, self.dtype, name="attn")(
+            RMSNorm(name="pre_attention_norm")(x), kv_cache, layer, ctx)
     if self.post_norms:
       attn_out = RMSNorm(name="post_attention_norm")(attn_out)
     x = x + attn_out
@@ -366,11 +392,18 @@ class Block(nn.Module):
     return x + mlp_out, kv_cache
 
 
-def layer_windows(depth: int, sliding_window: int | None):
-  """Per-layer attention window (0 = global); Gemma 2 alternates local, global, ..."""
+def layer_windows(depth: int, sliding_window: int | None, global_every: int = 2):
+  """Per-layer attention window (0 = global): each `global_every`-th layer is global.
+
+  >>> layer_windows(4, 8)        # Gemma 2: local, global, ...
+  array([8, 0, 8, 0], dtype=int32)
+  >>> layer_windows(7, 512, 6)   # Gemma 3: five local, then one global
+  array([512, 512, 512, 512, 512,   0, 512], dtype=int32)
+  """
   if not sliding_window:
     return np.zeros((depth,), np.int32)
-  return np.array([sliding_window if i % 2 == 0 else 0 for i in range(depth)], np.int32)
+  return np.array([0 if (i + 1) % global_every == 0 else sliding_window
+                   for i in range(depth)], np.int32)
 
 
 def init_cache(model: "Gemma", batch_size: int, cache_size: int, dtype=jnp.float32):
@@ -405,6 +438,11 @@ class Gemma(nn.Module):
   attn_softcap: float | None = None
   final_softcap: float | None = None
   sliding_window: int | None = None
+  global_every: int = 2
+  qk_norm: bool = False
+  local_rope_base: float = 10_000.0
+  global_rope_base: float = 10_000.0
+  global_rope_scale: float = 1.0
   lora: LoRA = LoRA()
   scan: bool = True
   remat_policy: str | None = None
@@ -415,7 +453,7 @@ class Gemma(nn.Module):
     block_kwargs = dict(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                         head_dim=self.head_dim, width=self.width, mlp_dim=self.mlp_dim,
                         post_norms=self.post_norms, attn_softcap=self.attn_softcap,
-                        lora=self.lora, dtype=self.dtype)
+                        qk_norm=self.qk_norm, lora=self.lora, dtype=self.dtype)
     block = Block
     if self.remat_policy:
       block = nn.remat(Block, policy=getattr(jax.checkpoint_policies, self.remat_policy),
@@ -469,17 +507,23 @@ class Gemma(nn.Module):
       mask = (k_seg[:, None, :] <= q_seg[:, :, None]) & k_valid[:, None, :]
       ctx = dict(q_pos=q_pos, k_pos=k_pos, write_index=index,
                  mask=mask & input_mask[:, :, None])
-    windows = jnp.asarray(layer_windows(self.depth, self.sliding_window))
+    windows = layer_windows(self.depth, self.sliding_window, self.global_every)
+    is_local = windows > 0
+    layers = dict(window=jnp.asarray(windows),
+                  rope_base=jnp.asarray(np.where(is_local, self.local_rope_base,
+                                                 self.global_rope_base), jnp.float32),
+                  rope_scale=jnp.asarray(np.where(is_local, 1.0, self.global_rope_scale),
+                                         jnp.float32))
 
     out = {}
     kv = None if cache is None else (cache["k"], cache["v"])
     if self.scan:
-      x, new_kv = self.layers(x, kv, windows, ctx)
+      x, new_kv = self.layers(x, kv, layers, ctx)
     else:
       new_k, new_v = [], []
       for i, block in enumerate(self.blocks):
         layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-        x, layer_kv = block(x, layer_kv, windows[i], ctx)
+        x, layer_kv = block(x, layer_kv, jax.tree.map(lambda a: a[i], layers), ctx)
         out[f"block{i:02d}"] = x
         if layer_kv is not None:
           new_k.append(layer_kv[0])

@@ -155,6 +155,8 @@ def gemma_layer_shapes(variant, gating="2DF"):
             "pre_ffw_norm/scale": (d,)}
   if c.get("post_norms"):
     shapes.update({"post_attention_norm/scale": (d,), "post_ffw_norm/scale": (d,)})
+  if c.get("qk_norm"):  # Gemma 3, named as in google-deepmind/gemma's Attention
+    shapes.update({"attn/_query_norm/scale": (h,), "attn/_key_norm/scale": (h,)})
   return shapes
 
 
@@ -468,18 +470,20 @@ def gemma_orbax(path, rng, variant, *, vocab, gating="2DF", nested=False):
   return tree, layers, embedding, final_norm
 
 
-@pytest.mark.parametrize("nested,scan,gating", [
-    (False, True, "2DF"), (True, False, "2DF"), (False, False, "2FD"), (True, True, "2FD")])
-def test_gemma_orbax_loads_exactly(tmp_path, caplog, nested, scan, gating):
+@pytest.mark.parametrize("nested,scan,gating,variant", [
+    (False, True, "2DF", "tiny2"), (True, False, "2DF", "tiny2"), (False, False, "2FD", "tiny2"),
+    (True, True, "2FD", "tiny2"),
+    (False, True, "2FD", "tiny3"), (True, False, "2FD", "tiny3")])  # Gemma 3's layout
+def test_gemma_orbax_loads_exactly(tmp_path, caplog, nested, scan, gating, variant):
   rng = np.random.default_rng(6)
   path = str(tmp_path / "gemma")
-  tree, layers, emb, fnorm = gemma_orbax(path, rng, "tiny2", vocab=260, gating=gating,
+  tree, layers, emb, fnorm = gemma_orbax(path, rng, variant, vocab=260, gating=gating,
                                          nested=nested)
   if not nested:
     assert "transformer/layer_0/mlp/gating_einsum" in tree
     assert set(tree["transformer/layer_0/mlp/gating_einsum"]) == {"w"}
     assert tree["transformer/layer_0/attn/q_einsum"]["w"].shape == (4, 64, 16)
-  target = make_target(llm_scan=scan, variant="tiny2")
+  target = make_target(llm_scan=scan, variant=variant)
   with caplog.at_level(logging.INFO, logger=ckpt.__name__):
     got = flat(ckpt.load_gemma(path, target))
   assert ("transposed llm/" in caplog.text) == (gating == "2FD")

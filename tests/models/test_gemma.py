@@ -102,10 +102,11 @@ def make_model(variant, **kw):
 # --------------------------------------------------------------------------- KV cache
 
 
-@pytest.mark.parametrize("variant", ["tiny", "tiny2"])
+@pytest.mark.parametrize("variant", ["tiny", "tiny2", "tiny3"])
 def test_cache_decoding_matches_full_forward(variant):
   """Prefill a prefix (with padding inside it), then extend one token at a time: the logits
-  equal one full-sequence forward pass. tiny2's window (8) is shorter than the sequence."""
+  equal one full-sequence forward pass. tiny2's and tiny3's windows (8, 4) are shorter
+  than the sequence."""
   model = make_model(variant, lora=gemma.LoRA(rank=2))
   params = init_params(model)
   b, prefix, total = 2, 7, 24
@@ -169,9 +170,9 @@ def np_rmsnorm(x, scale):
   return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + 1e-6) * (1 + scale)
 
 
-def np_rope(x, pos):
+def np_rope(x, pos, base=10000.0):
   h = x.shape[-1] // 2
-  freq = 10000.0 ** (-2 * np.arange(h) / x.shape[-1])
+  freq = base ** (-2 * np.arange(h) / x.shape[-1])
   ang = pos[:, :, None, None] * freq  # [B, T, 1, H/2]
   x1, x2 = x[..., :h], x[..., h:]
   return np.concatenate([x1 * np.cos(ang) - x2 * np.sin(ang),
@@ -183,7 +184,10 @@ def np_gelu_tanh(x):
 
 
 def np_gemma_logits(p, cfg, tokens, input_mask, mask_ar):
-  """Gemma in float64 NumPy, from the equations, over looped params `layers_{i}`."""
+  """Gemma in float64 NumPy, from the equations, over looped params `layers_{i}`.
+
+  Which layers are global is written out here as Gemma 2's and Gemma 3's model cards state
+  it (every second; every sixth, or `global_every`), not taken from gemma.layer_windows."""
   f64 = lambda a: np.asarray(a, np.float64)
   emb = f64(p["embedder"]["input_embedding"])
   x = emb[tokens] * np.sqrt(cfg["width"])
@@ -195,13 +199,19 @@ def np_gemma_logits(p, cfg, tokens, input_mask, mask_ar):
     q = np.einsum("btd,ndh->btnh", y, lp["attn"]["q_einsum"]["w"])
     kk = np.einsum("btd,kdh->btkh", y, lp["attn"]["kv_einsum"]["w"][0])
     vv = np.einsum("btd,kdh->btkh", y, lp["attn"]["kv_einsum"]["w"][1])
-    q, kk = np_rope(q, pos) / np.sqrt(h), np_rope(kk, pos)
+    is_global = (i + 1) % cfg.get("global_every", 2) == 0
+    if cfg.get("qk_norm"):
+      q = np_rmsnorm(q, lp["attn"]["_query_norm"]["scale"])
+      kk = np_rmsnorm(kk, lp["attn"]["_key_norm"]["scale"])
+    base = cfg.get("global_rope_base", 1e4) if is_global else 1e4
+    rope_pos = pos / cfg.get("global_rope_scale", 1.0) if is_global else pos
+    q, kk = np_rope(q, rope_pos, base) / np.sqrt(h), np_rope(kk, rope_pos, base)
     kk, vv = np.repeat(kk, n // k, axis=2), np.repeat(vv, n // k, axis=2)  # GQA groups
     logits = np.einsum("btnh,bsnh->bnts", q, kk)
     if cfg.get("attn_softcap"):
       logits = np.tanh(logits / cfg["attn_softcap"]) * cfg["attn_softcap"]
     allowed = np.zeros(logits.shape[:1] + logits.shape[2:], bool)
-    window = cfg.get("sliding_window") if i % 2 == 0 else None
+    window = None if is_global else cfg.get("sliding_window")
     for b in range(tokens.shape[0]):
       allowed[b] = reference_mask(input_mask[b], mask_ar[b])
       if window:
@@ -228,7 +238,7 @@ def np_gemma_logits(p, cfg, tokens, input_mask, mask_ar):
   return logits
 
 
-@pytest.mark.parametrize("variant", ["tiny", "tiny2"])
+@pytest.mark.parametrize("variant", ["tiny", "tiny2", "tiny3"])
 def test_matches_float64_numpy(variant):
   cfg = gemma.VARIANTS[variant]
   model = make_model(variant, scan=False)
@@ -394,20 +404,26 @@ def count_params(variant):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(shapes)))
 
 
-@pytest.mark.parametrize("variant,published", [("gemma_2b", 2.506e9),
-                                                ("gemma2_2b", 2.614e9)])
+@pytest.mark.parametrize("variant,published", [
+    ("gemma_2b", 2.506e9), ("gemma2_2b", 2.614e9),
+    # Gemma 3's model cards: 270M (170M embedding, 100M in the blocks), 1B, 4B (3.88B
+    # without the 417M-parameter SigLIP encoder of the published 4.3B).
+    ("gemma3_270m", 268e6), ("gemma3_1b", 1.0e9), ("gemma3_4b", 3.88e9)])
 def test_real_variant_sizes(variant, published):
   """Counts from eval_shape against the published sizes (0.5%) and a closed form:
-  embed V*D + L * (attention + GeGLU + norms) + final norm."""
+  embed V*D + L * (attention + GeGLU + norms [+ QK-norms]) + final norm."""
   cfg = gemma.VARIANTS[variant]
   d, f, n, k, h = (cfg[x] for x in ("width", "mlp_dim", "num_heads", "num_kv_heads",
                                      "head_dim"))
   norms = 4 if cfg.get("post_norms") else 2
   per_layer = n * d * h + 2 * k * d * h + n * h * d + 2 * d * f + f * d + norms * d
+  per_layer += 2 * h if cfg.get("qk_norm") else 0
   closed_form = cfg["vocab_size"] * d + cfg["depth"] * per_layer + d
   got = count_params(variant)
   assert got == closed_form
   assert abs(got - published) / published < 0.005
+  if variant.startswith("gemma3"):
+    return
   # The commonly quoted figures count 256,000 embedding rows rather than 256,128.
   quoted = {"gemma_2b": 2_506_172_416, "gemma2_2b": 2_614_341_888}[variant]
   assert got - 128 * d == quoted
