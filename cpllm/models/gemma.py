@@ -266,11 +266,13 @@ def apply_rope(x, positions, max_wavelength=10_000.0, scale=1.0):
 
 
 class RMSNorm(nn.Module):
-  """x / rms(x) * (1 + scale), computed in float32; scale is zero-initialised."""
+  """x / rms(x) * (1 + scale), computed in float32; scale is zero-initialised. `axis`:
+  the weight-spec letter of the normed axis (D, or H for Gemma 3's per-head QK-norm)."""
+  axis: str = "D"
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", _init("D", "D", zeros=True), (x.shape[-1],))
+    scale = self.param("scale", _init(self.axis, self.axis, zeros=True), (x.shape[-1],))
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + 1e-6)
     return (normed * (1 + scale)).astype(x.dtype)
@@ -315,7 +317,7 @@ class Attention(nn.Module):
       k, v = Einsum((2, k_heads, d, h), self.lora, self.dtype, name="kv_einsum")(
           x, "BTD", "CBTKH")
     if self.qk_norm:
-      q, k = RMSNorm(name="_query_norm")(q), RMSNorm(name="_key_norm")(k)
+      q, k = RMSNorm("H", name="_query_norm")(q), RMSNorm("H", name="_key_norm")(k)
     q = apply_rope(q, ctx["q_pos"], layer["rope_base"], layer["rope_scale"]) * h**-0.5
     k = apply_rope(k, ctx["q_pos"], layer["rope_base"], layer["rope_scale"])
 

@@ -304,12 +304,15 @@ def test_decode_step_never_copies_a_weight():
   assert not large, large
 
 
-def test_scanned_equals_looped():
-  looped = make_model("tiny2", scan=False)
-  scanned = make_model("tiny2", scan=True)
+@pytest.mark.parametrize("variant", ["tiny2", "tiny3"])
+def test_scanned_equals_looped(variant):
+  """tiny3: each scanned layer gets its own window, RoPE base and RoPE scale."""
+  looped = make_model(variant, scan=False)
+  scanned = make_model(variant, scan=True)
   params = init_params(looped)
   p = params["params"]
-  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[p[f"layers_{i}"] for i in range(3)])
+  depth = gemma.VARIANTS[variant]["depth"]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[p[f"layers_{i}"] for i in range(depth)])
   scanned_params = {"params": {"embedder": p["embedder"], "final_norm": p["final_norm"],
                                "layers": stacked}}
   tokens = jnp.arange(12)[None] % 256
@@ -339,6 +342,7 @@ def test_remat_and_bf16_run_close_to_float32():
 @pytest.mark.parametrize("variant,targets", [
     ("tiny", ("q_einsum", "kv_einsum")),
     ("tiny2", ("q_einsum", "kv_einsum", "attn_vec_einsum", "gating_einsum", "linear")),
+    ("tiny3", ("q_einsum", "kv_einsum")),  # the paper's rank-4 q, k, v on Gemma 3
 ])
 def test_lora_zero_b_is_base_and_merge_reproduces(variant, targets):
   base = make_model(variant, scan=False)
