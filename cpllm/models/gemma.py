@@ -543,6 +543,16 @@ class Gemma(nn.Module):
     return x, out, new_cache
 
 
+def param_shapes(model: Gemma):
+  """The unboxed parameter tree of `model` as jax.ShapeDtypeStructs (nothing allocated): a
+  loader's target, e.g. gguf_checkpoint.load_gemma_gguf(path, param_shapes(model), dest='')."""
+  def forward(module, tokens):
+    x, _, _ = module(module.embed_tokens(tokens), tokens > 0, tokens)
+    return module.logits(x)
+  return jax.eval_shape(lambda: nn.unbox(model.init(
+      jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32), method=forward)))["params"]
+
+
 class Embedder(nn.Module):
   """Token embedding shared by the input and the output projection (tied weights)."""
   vocab_size: int

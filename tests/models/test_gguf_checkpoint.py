@@ -33,12 +33,6 @@ def forward_logits(model, tokens, input_mask, mask_ar, cache=None):
   return model.logits(x), cache
 
 
-def abstract_params(model):
-  ones = jnp.ones((1, 4), jnp.int32)
-  return jax.eval_shape(lambda: nn.unbox(model.init(
-      jax.random.PRNGKey(0), ones, ones.astype(bool), ones, method=forward_logits)))["params"]
-
-
 def write_gguf(path, params, config, *, skip=(), reshape=None):
   """A Gemma 3 GGUF of our looped `params`, in llama.cpp's layout (module docstring of
   gguf_checkpoint): heads major in attn_q/k/v rows, PyTorch's [out, in] matrices, norm
@@ -118,7 +112,7 @@ def test_config_and_weights_of_a_synthetic_file_land_where_they_belong(tiny):
   assert gguf_checkpoint.gemma_config(path) == config
   for scan in (False, True):
     model = gemma.Gemma(**config, scan=scan)
-    loaded = gguf_checkpoint.load_gemma_gguf(path, abstract_params(model), dest="")
+    loaded = gguf_checkpoint.load_gemma_gguf(path, gemma.param_shapes(model), dest="")
     want = params if not scan else checkpoints.to_scanned(params)
     assert checkpoints.flatten(loaded).keys() == checkpoints.flatten(want).keys()
     for name, value in checkpoints.flatten(want).items():
@@ -158,7 +152,7 @@ def test_errors_name_the_file_and_the_cause(tiny, tmp_path):
   other = gemma.Gemma(**dict(config, mlp_dim=96), scan=False)
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match=r"layers_0/mlp/linear.*\[128, 64\].*\[96, 64\]"):
-    gguf_checkpoint.load_gemma_gguf(path, abstract_params(other), dest="")
+    gguf_checkpoint.load_gemma_gguf(path, gemma.param_shapes(other), dest="")
 
 
 # --------------------------------------------------------------------------- real weights
@@ -169,7 +163,7 @@ def gemma3(tmp_path_factory):
   """(model, params, tokenizer) of the real Gemma 3 270M, loaded once for this module."""
   path = gguf_checkpoint.gemma3_270m()
   model = gemma.Gemma(**gguf_checkpoint.gemma_config(path), scan=False)
-  params = gguf_checkpoint.load_gemma_gguf(path, abstract_params(model), dest="")
+  params = gguf_checkpoint.load_gemma_gguf(path, gemma.param_shapes(model), dest="")
   tokenizer = tokenizer_lib.Tokenizer(gguf_checkpoint.write_tokenizer(
       path, str(tmp_path_factory.mktemp("gemma3") / "tokenizer.model")))
   return model, {"params": params}, tokenizer
