@@ -40,7 +40,8 @@ from cpllm.models import gemma
 from cpllm.models import sampler
 from cpllm.train import trainer
 
-CONFIGS = {"demo": "configs/demo.py", "bench": "configs/bench.py"}
+CONFIGS = {"demo": "configs/demo.py", "bench": "configs/bench.py",
+           "gemma3_270m": "configs/demo.py:gemma3"}
 PREFIX = 128
 NEW_TOKENS = 256
 
@@ -158,6 +159,7 @@ def run(quick: bool = False) -> dict:
   if not quick:
     cases += [("demo", 16, "sampler"), ("bench", 16, "sampler")]
     cases += [("bench", batch, variant) for variant in VARIANTS[1:] for batch in (1, 16)]
+    cases += [("gemma3_270m", batch, "sampler") for batch in (1, 16)]
   memo = {}
   rows = [measure(name, CONFIGS[name], batch, repeats=2 if quick else 3,
                   bandwidth=bandwidth["bytes_per_s"], variant=variant, no_cache_memo=memo,

@@ -10,7 +10,9 @@ losses are on and the pipeline mixes single videos, same-source CRF pairs and cr
 pairs (the paper's Mix). Of the single videos, `reason_rate` get the GRPO prompt with a
 SIG chain-of-thought target, so the checkpoint already answers in the <think>/<answer>
 format that configs/demo_grpo.py starts from. `configs/demo.py:smoke` is a few-step
-version for tests.
+version for tests. `configs/demo.py:gemma3` swaps the decoder for Gemma 3 270M's shape, its
+base frozen with the paper's rank-4 LoRA on q, k, v (weights: gguf_checkpoint; #16); so far
+bench/decode.py times it, the demo does not train it.
 
 The pixel path differs from the paper's for one reason: the demo must judge video it never
 saw from 13 training photos, and a from-scratch ViT on raw RGB memorises them (#15):
@@ -74,6 +76,9 @@ def get_config(arg: str | None = None):
       decoder_frames=1,
       level_token_ids=None,  # read from the tokenizer at start
   )
+  if arg == "gemma3":
+    config.model["decoder"] = dict(variant="gemma3_270m", lora_rank=4,
+                                   lora_targets=("q_einsum", "kv_einsum"))
   config.num_frames = 4
   config.text_len = 208  # the GRPO prompt (54 tokens with bos) + the longest reasoning (145)
   config.data = dict(name="demo_videos", data_dir=DATA_DIR, train_split="train",
@@ -83,7 +88,7 @@ def get_config(arg: str | None = None):
                      num_workers=0 if smoke else 2)
   config.tokenizer = path()  # the demo_videos build ships its own tokenizer.model
   config.context_encoder = "all"
-  config.train_decoder_base = True
+  config.train_decoder_base = arg != "gemma3"  # a pretrained base stays frozen
   config.param_rules = None  # derived from context_encoder and LoRA; see trainer.param_rules
   config.init = dict(siglip=path(), paligemma=path(), gemma=path(), pix_vit=path())
   config.loss_weights = dict(pair=1.0, reg=1.0, text=1.0, ladder=1.0)
