@@ -96,7 +96,8 @@ def unrolled(model_config: Mapping[str, Any]) -> dict:
   but XLA's cost analysis then sees every layer (it counts a loop body once)."""
   out = dict(model_config)
   for part in ("ctx_encoder", "pix_encoder", "decoder"):
-    out[part] = {**out[part], "scan": False}
+    if out[part].get("kind", "vit") != "cnn":  # the CNN pixel encoder has no layer stack
+      out[part] = {**out[part], "scan": False}
   return out
 
 

@@ -23,7 +23,8 @@ import numpy as np
 from bench import common
 from bench import workloads
 
-CONFIGS = {"demo": "configs/demo.py", "bench": "configs/bench.py"}
+CONFIGS = {"demo": "configs/demo.py", "bench": "configs/bench.py",
+           "gemma3_270m": "configs/demo.py:gemma3"}  # frozen base, LoRA rank 4 (#16)
 
 
 def measure(spec: str, *, repeats: int, quick: bool, overrides=None) -> dict:

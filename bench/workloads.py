@@ -153,10 +153,12 @@ def sequence_lengths(model_config: Mapping[str, Any], text_len: int) -> dict:
   """Token counts per image / sequence: T_h (context tokens after pooling), T_ctx (before
   pooling), T_q (pixel tokens per patch), S (decoder sequence)."""
   ctx_patch = _vit(model_config["ctx_encoder"])["patch_size"]
-  pix_patch = _vit(model_config["pix_encoder"])["patch_size"]
   t_ctx = (model_config["ctx_res"] // ctx_patch) ** 2
   t_h = t_ctx // model_config.get("ctx_pool", 1) ** 2
-  t_q = (model_config["patch_size"] // pix_patch) ** 2
+  if model_config["pix_encoder"].get("kind", "vit") == "cnn":  # a token per grid cell
+    t_q = _cnn(model_config["pix_encoder"])["token_grid"] ** 2
+  else:
+    t_q = (model_config["patch_size"] // _vit(model_config["pix_encoder"])["patch_size"]) ** 2
   s = 2 * model_config.get("decoder_frames", 1) * (t_h + t_q) + text_len
   return dict(T_ctx=t_ctx, T_h=t_h, T_q=t_q, S=s)
 
@@ -165,6 +167,13 @@ def _vit(cfg):
   from cpllm.models import vit
   cfg = dict(cfg)
   return {**vit.VARIANTS[cfg.pop("variant")], **cfg}
+
+
+def _cnn(cfg):
+  from cpllm.models import cnn
+  cfg = dict(cfg)
+  cfg.pop("kind")
+  return {**cnn.VARIANTS[cfg.pop("variant")], **cfg}
 
 
 def _gemma(cfg):
