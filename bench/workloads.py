@@ -194,15 +194,31 @@ def remat_activation_bytes(config, trains: Mapping[str, bool], itemsize: int = 4
   m = config.model
   b, frames = config.batch_size, 2 * config.num_frames
   lengths = sequence_lengths(m, config.text_len)
-  ctx, pix, dec = _vit(m["ctx_encoder"]), _vit(m["pix_encoder"]), _gemma(m["decoder"])
+  ctx, dec = _vit(m["ctx_encoder"]), _gemma(m["decoder"])
+  if m["pix_encoder"].get("kind", "vit") == "cnn":
+    per_patch = cnn_layer_inputs(_cnn(m["pix_encoder"]), m["patch_size"])
+  else:
+    pix = _vit(m["pix_encoder"])
+    per_patch = (pix["depth"] + 1) * lengths["T_q"] * pix["width"]
   out = dict(
       ctx=(ctx["depth"] + 1) * b * frames * lengths["T_ctx"] * ctx["width"] * itemsize
       if trains["ctx"] else 0,
-      pix=(pix["depth"] + 1) * b * frames * m["num_patches"] * lengths["T_q"]
-      * pix["width"] * itemsize if trains["pix"] else 0,
+      pix=b * frames * m["num_patches"] * per_patch * itemsize if trains["pix"] else 0,
       decoder=(dec["depth"] + 1) * b * lengths["S"] * dec["width"] * itemsize)
   out["total"] = sum(out.values())
   return out
+
+
+def cnn_layer_inputs(cfg: Mapping[str, Any], patch: int) -> int:
+  """Values a rematerialised backward pass keeps per patch of the CNN pixel encoder: the
+  input of every convolution and the last feature map (cnn.PatchCNN: space-to-depth, then
+  SAME-padded 3x3 convolutions with the given strides)."""
+  side, channels = patch // cfg["space_to_depth"], cfg["space_to_depth"] ** 2
+  total = side * side * channels
+  for features, stride in zip(cfg["features"], cfg["strides"]):
+    side, channels = -(-side // stride), features
+    total += side * side * channels
+  return total
 
 
 def memory_lower_bound(state, config, trains: Mapping[str, bool] | None = None) -> dict:
