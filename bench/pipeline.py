@@ -169,7 +169,9 @@ def run(quick: bool = False) -> dict:
                 train_examples_per_s=loop["train_examples_per_s"],
                 read_ahead=dict(num_threads=pipeline.READ_AHEAD.num_threads,
                                 prefetch_buffer_size=pipeline.READ_AHEAD.prefetch_buffer_size),
-                grain_default=loop.get("grain_default"))
+                grain_default=loop.get("grain_default") and dict(
+                    loop["grain_default"], num_threads=grain.ReadOptions().num_threads,
+                    prefetch_buffer_size=grain.ReadOptions().prefetch_buffer_size))
   common.write_result("pipeline", result, quick=quick)
   return result
 

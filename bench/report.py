@@ -102,8 +102,9 @@ def pipeline(r: dict) -> str:
     default = (f"\n\nRead-ahead, the same loop with the demo's {default['num_workers']} "
                f"workers: {common.fmt(ours['fed_step_s'])} s/step with the pipeline's "
                f"{read['prefetch_buffer_size']} batches on {read['num_threads']} threads per "
-               f"process, {common.fmt(default['step_s'])} s/step with grain's default (500 "
-               f"batches on 16 threads): **{common.fmt(ratio)}x**.")
+               f"process, {common.fmt(default['step_s'])} s/step with grain's default "
+               f"({default['prefetch_buffer_size']} batches on "
+               f"{default['num_threads']} threads): **{common.fmt(ratio)}x**.")
   return (f"{table}\n\nDemo train step on a fixed batch: {common.fmt(r['fixed_step_s'])} "
           f"s/step = {common.fmt(r['train_examples_per_s'])} examples/s (batch "
           f"{r['batch_size']}){loop}. **ratio_to_train = {common.fmt(r['ratio_to_train'])}** "

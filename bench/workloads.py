@@ -19,6 +19,7 @@ from bench import common
 from cpllm import configs
 from cpllm import sharding
 from cpllm.data import pipeline
+from cpllm.models import cnn
 from cpllm.models import cpllm
 from cpllm.train import trainer
 
@@ -155,8 +156,9 @@ def sequence_lengths(model_config: Mapping[str, Any], text_len: int) -> dict:
   ctx_patch = _vit(model_config["ctx_encoder"])["patch_size"]
   t_ctx = (model_config["ctx_res"] // ctx_patch) ** 2
   t_h = t_ctx // model_config.get("ctx_pool", 1) ** 2
-  if model_config["pix_encoder"].get("kind", "vit") == "cnn":  # a token per grid cell
-    t_q = _cnn(model_config["pix_encoder"])["token_grid"] ** 2
+  pix = cpllm.build_pixel_encoder(model_config["pix_encoder"], jnp.float32)
+  if isinstance(pix, cnn.PatchCNN):  # a token per grid cell
+    t_q = pix.token_grid ** 2
   else:
     t_q = (model_config["patch_size"] // _vit(model_config["pix_encoder"])["patch_size"]) ** 2
   s = 2 * model_config.get("decoder_frames", 1) * (t_h + t_q) + text_len
@@ -167,13 +169,6 @@ def _vit(cfg):
   from cpllm.models import vit
   cfg = dict(cfg)
   return {**vit.VARIANTS[cfg.pop("variant")], **cfg}
-
-
-def _cnn(cfg):
-  from cpllm.models import cnn
-  cfg = dict(cfg)
-  cfg.pop("kind")
-  return {**cnn.VARIANTS[cfg.pop("variant")], **cfg}
 
 
 def _gemma(cfg):
@@ -195,8 +190,9 @@ def remat_activation_bytes(config, trains: Mapping[str, bool], itemsize: int = 4
   b, frames = config.batch_size, 2 * config.num_frames
   lengths = sequence_lengths(m, config.text_len)
   ctx, dec = _vit(m["ctx_encoder"]), _gemma(m["decoder"])
-  if m["pix_encoder"].get("kind", "vit") == "cnn":
-    per_patch = cnn_layer_inputs(_cnn(m["pix_encoder"]), m["patch_size"])
+  pix_encoder = cpllm.build_pixel_encoder(m["pix_encoder"], jnp.float32)
+  if isinstance(pix_encoder, cnn.PatchCNN):
+    per_patch = cnn_layer_inputs(pix_encoder, m["patch_size"])
   else:
     pix = _vit(m["pix_encoder"])
     per_patch = (pix["depth"] + 1) * lengths["T_q"] * pix["width"]
@@ -209,13 +205,13 @@ def remat_activation_bytes(config, trains: Mapping[str, bool], itemsize: int = 4
   return out
 
 
-def cnn_layer_inputs(cfg: Mapping[str, Any], patch: int) -> int:
+def cnn_layer_inputs(encoder: cnn.PatchCNN, patch: int) -> int:
   """Values a rematerialised backward pass keeps per patch of the CNN pixel encoder: the
-  input of every convolution and the last feature map (cnn.PatchCNN: space-to-depth, then
-  SAME-padded 3x3 convolutions with the given strides)."""
-  side, channels = patch // cfg["space_to_depth"], cfg["space_to_depth"] ** 2
+  input of every convolution and the last feature map (space-to-depth, then SAME-padded
+  3x3 convolutions with the given strides)."""
+  side, channels = patch // encoder.space_to_depth, encoder.space_to_depth ** 2
   total = side * side * channels
-  for features, stride in zip(cfg["features"], cfg["strides"]):
+  for features, stride in zip(encoder.features, encoder.strides):
     side, channels = -(-side // stride), features
     total += side * side * channels
   return total

@@ -53,9 +53,11 @@ LOCAL_ROPE_BASE = 10_000.0
 GLOBAL_EVERY = 6
 RMS_EPS = 1e-6  # gemma.RMSNorm's; a file that says otherwise is refused
 
-_NORMS = {"attn_norm": "pre_attention_norm", "post_attention_norm": "post_attention_norm",
-          "ffn_norm": "pre_ffw_norm", "post_ffw_norm": "post_ffw_norm",
-          "attn_q_norm": "attn/_query_norm", "attn_k_norm": "attn/_key_norm"}
+# GGUF norm name: (ours, the normed axis: D = width, H = head).
+_NORMS = {"attn_norm": ("pre_attention_norm", "D"),
+          "post_attention_norm": ("post_attention_norm", "D"),
+          "ffn_norm": ("pre_ffw_norm", "D"), "post_ffw_norm": ("post_ffw_norm", "D"),
+          "attn_q_norm": ("attn/_query_norm", "H"), "attn_k_norm": ("attn/_key_norm", "H")}
 
 
 class GGUFError(ValueError):
@@ -159,8 +161,8 @@ def gemma_tensors(path: str) -> dict[str, np.ndarray]:
     out[ours + "mlp/gating_einsum"] = np.stack([take(blk + "ffn_gate.weight", (f, d)).T,
                                                 take(blk + "ffn_up.weight", (f, d)).T])
     out[ours + "mlp/linear"] = take(blk + "ffn_down.weight", (d, f)).T
-    for name, norm in _NORMS.items():
-      size = h if name.startswith("attn_") and name != "attn_norm" else d
+    for name, (norm, axis) in _NORMS.items():
+      size = dict(D=d, H=h)[axis]
       out[ours + norm + "/scale"] = take(f"{blk}{name}.weight", (size,)) - 1.0
   unused = sorted(set(raw) - used)
   if unused:

@@ -92,9 +92,9 @@ def test_the_demo_cnn_pixel_path_counts_by_hand():
   with strides 2 and 1, a 2 x 2 token grid) on its 32-pixel patches."""
   config = workloads.load("configs/demo.py")
   assert workloads.sequence_lengths(config.model, config.text_len)["T_q"] == 4
-  cnn = workloads._cnn(config.model["pix_encoder"])  # pylint: disable=protected-access
+  encoder = cpllm.build_pixel_encoder(config.model["pix_encoder"], jnp.float32)
   # Conv_0 reads 16 x 16 x 4 values, Conv_1 8 x 8 x 32, and 8 x 8 x 64 leave it.
-  assert workloads.cnn_layer_inputs(cnn, 32) == 16 * 16 * 4 + 8 * 8 * 32 + 8 * 8 * 64
+  assert workloads.cnn_layer_inputs(encoder, 32) == 16 * 16 * 4 + 8 * 8 * 32 + 8 * 8 * 64
   assert "scan" not in common.unrolled(config.model)["pix_encoder"]
   assert common.unrolled(config.model)["decoder"]["scan"] is False
 
