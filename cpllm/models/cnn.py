@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+STD_EPS = 1e-6  # in the standard deviation pooling; features are O(0.1..1)
+
 VARIANTS: dict[str, dict[str, Any]] = {
     # 28k parameters, 1.5M multiply-adds per 32x32 patch, receptive field 16 pixels with
     # the MSCN window: a seventh of the compute of the CNN that ranked a real CRF ladder
@@ -119,7 +121,10 @@ class PatchCNN(nn.Module):
                        f"feature map, not divisible into a {g}x{g} token grid")
     cells = x.reshape(b, g, h // g, g, w // g, c).transpose(0, 1, 3, 2, 4, 5)
     cells = cells.reshape(b, g * g, (h // g) * (w // g), c).astype(jnp.float32)
-    pooled = jnp.concatenate([cells.mean(axis=2), cells.std(axis=2)], axis=-1)
+    # sqrt(var + eps), not jnp.std: a flat patch (sky, a white wall) makes every feature
+    # of a cell equal, where std's gradient is 0/0 = NaN and stops training.
+    std = jnp.sqrt(cells.var(axis=2) + STD_EPS)
+    pooled = jnp.concatenate([cells.mean(axis=2), std], axis=-1)
     out["pooled"] = pooled
     tokens = nn.Dense(self.width, dtype=self.dtype, name="tokens",
                       kernel_init=nn.with_logical_partitioning(

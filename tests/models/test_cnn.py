@@ -3,6 +3,7 @@ grid's layout, the parameter count by hand, and what normalisation removes (brig
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -83,3 +84,24 @@ def test_token_grid_must_divide_the_feature_map(small):
     model.apply(params, np.zeros((1, 20, 24, 3), np.float32))
   with pytest.raises(ValueError, match="space_to_depth"):
     model.apply(params, np.zeros((1, 33, 32, 3), np.float32))
+
+
+def test_flat_patches_have_finite_gradients_and_numpy_pooling(small):
+  """A flat patch makes every feature of a cell equal: the standard deviation pooling must
+  not give NaN gradients there (it stopped a training run on 320x240 clips at step 217),
+  and elsewhere it is NumPy's standard deviation of the last feature map."""
+  model, params = small
+  rng = np.random.default_rng(3)
+  images = np.concatenate([np.full((1, 32, 32, 3), 0.8, np.float32),
+                           rng.uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)])
+  loss = lambda p: jnp.sum(model.apply(p, images)[0] ** 2)
+  grads = jax.jit(jax.grad(loss))(params)
+  assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+  _, out = model.apply(params, images)
+  last = np.asarray(out[f"conv{len(cnn.VARIANTS['small']['features']) - 1}"], np.float64)
+  g = cnn.VARIANTS["small"]["token_grid"]
+  h, w = last.shape[1] // g, last.shape[2] // g
+  cell = last[1, h:2 * h, :w]  # row 1, column 0 of the token grid: token g
+  want = np.sqrt(cell.reshape(-1, last.shape[-1]).var(axis=0) + cnn.STD_EPS)
+  c = last.shape[-1]
+  np.testing.assert_allclose(np.asarray(out["pooled"])[1, g, c:], want, rtol=1e-4, atol=1e-6)
