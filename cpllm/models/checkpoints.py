@@ -555,14 +555,19 @@ def load_pretrained(params: Mapping[str, Any], *, paligemma: str | None = None,
   """Applies a config's `init` paths (each optional) in a fixed order.
 
   PaliGemma npz first (img, proj_ctx, llm), then a SigLIP npz into img, a Gemma
-  checkpoint into llm, and a SigLIP/ViT npz into the pixel encoder `pix`, so a later,
-  more specific source overrides an earlier one.
+  checkpoint into llm (an orbax directory, or a `.gguf` file read by gguf_checkpoint),
+  and a SigLIP/ViT npz into the pixel encoder `pix`, so a later, more specific source
+  overrides an earlier one.
   """
   if paligemma:
     params = load_paligemma_npz(paligemma, params)
   if siglip:
     params = load_siglip_npz(siglip, params, dest="img")
-  if gemma:
+  if gemma and gemma.endswith(".gguf"):
+    # gguf_checkpoint builds on this module; imported here, where a GGUF is asked for.
+    from cpllm.models import gguf_checkpoint  # pylint: disable=import-outside-toplevel
+    params = gguf_checkpoint.load_gemma_gguf(gemma, params)
+  elif gemma:
     params = load_gemma(gemma, params)
   if pix_vit:
     params = load_siglip_npz(pix_vit, params, dest="pix")

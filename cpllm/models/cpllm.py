@@ -16,7 +16,8 @@ with d = `decoder_frames` key frames chosen at segment centres of the M key fram
 
 Parameters: `img` (context ViT), `proj_ctx`, `pix` (patch ViT, or with
 pix_encoder kind 'cnn' the MSCN CNN of cnn.py), `proj_pix`, `pix_norm`,
-`score_head/{hidden,out}`, `llm` (Gemma), see DESIGN.md section 2.
+`score_head/{hidden,out}` (and optionally `score_weight`, `exposure_head`), `llm`
+(Gemma), see DESIGN.md section 2.
 
 The score head reads the mean of all visual tokens of a frame (`score_tokens='all'`, the
 paper) or of the pixel tokens alone (`'pixel'`): a context encoder trained from scratch on
@@ -31,6 +32,10 @@ per-patch regression can only give it the average label, and the plain mean lets
 patches pull the frame towards the middle; weights learn to trust the patches that show
 their quality.
 e.g. patch scores [4.0, 2.0], weights [3.0, 1.0] -> (12 + 2) / 4 = 3.5 (mean: 3.0).
+With `score_exposure` a small MLP, `exposure_head`, adds an offset to every frame score
+from five statistics of the whole frame's luma (`exposure_statistics`): contrast
+normalisation divides a gain out, so the patch scores alone see an underexposed frame as
+pristine.
 With `score_prenorm` the head reads the pixel tokens before `pix_norm`: the layer norm
 that scales tokens for the decoder also divides out their magnitude, i.e. how much local
 structure a distortion added or removed.
@@ -101,6 +106,20 @@ def last_true_index(mask):
   return mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1].astype(bool), axis=1)
 
 
+def target_positions(mask_loss, count: int):
+  """The first `count` text positions whose logits predict a target token.
+
+  Logits at position i predict text[:, i + 1], so position i is a target position where
+  mask_loss[:, i + 1] = 1. Returns (int32[B, N] indices, bool[B, N] whether each is one),
+  N = min(count, L - 1); rows with fewer targets are filled with non-target positions.
+
+  e.g. mask_loss [0 0 1 1 0], count 3 -> [1, 2, 0], [True, True, False].
+  """
+  predicts = mask_loss[:, 1:].astype(bool)
+  order = jnp.argsort(~predicts, axis=1, stable=True)[:, :count].astype(jnp.int32)
+  return order, jnp.take_along_axis(predicts, order, axis=1)
+
+
 def level_score(logits, level_token_ids):
   """Q-Align score from next-token logits float[B, V]: sum_i softmax(l_levels)_i * w_i.
 
@@ -125,6 +144,42 @@ class ScoreHead(nn.Module):
     return x[..., 0].astype(jnp.float32)
 
 
+EXPOSURE_PERCENTILES = (1.0, 50.0, 99.0)
+CRUSHED, CLIPPED = 4.0, 251.0  # luma code values at or beyond which detail is lost
+
+
+def exposure_statistics(frames):
+  """What a gain or a clipped exposure changes, from whole frames float[N, H, W, 3] in
+  0..255 (the context path's): float32[N, 5], the luma's 1st, 50th and 99th percentiles
+  / 255 and the shares of pixels crushed (<= CRUSHED) and clipped (>= CLIPPED).
+
+  e.g. a frame of luma 0 on its left half and 255 on its right -> [0, 0.5, 1, 0.5, 0.5].
+  """
+  luma = jnp.asarray(frames, jnp.float32) @ jnp.asarray(cnn.LUMA, jnp.float32)
+  luma = luma.reshape(luma.shape[0], -1)
+  percentiles = jnp.percentile(luma, jnp.asarray(EXPOSURE_PERCENTILES), axis=1).T / 255.0
+  return jnp.concatenate([percentiles, (luma <= CRUSHED).mean(axis=1, keepdims=True),
+                          (luma >= CLIPPED).mean(axis=1, keepdims=True)], axis=1)
+
+
+class ExposureHead(nn.Module):
+  """An offset to the frame score from `exposure_statistics`: float[N, 5] -> float32[N].
+
+  The patch scores read contrast-normalised luma, which divides a gain out, so an under-
+  or overexposed frame looks pristine to them; these five numbers of the whole frame do
+  not. The output layer starts at zero: the offset is 0 until training moves it.
+  """
+  hidden: int = 16
+
+  @nn.compact
+  def __call__(self, x):
+    unsharded = lambda init: nn.with_logical_partitioning(init, (None, None))
+    x = nn.relu(nn.Dense(self.hidden, name="hidden",
+                         kernel_init=unsharded(nn.initializers.lecun_normal()))(x))
+    x = nn.Dense(1, name="out", kernel_init=unsharded(nn.initializers.zeros))(x)
+    return x[..., 0].astype(jnp.float32)
+
+
 def _dense(features: int, name: str):
   return nn.Dense(features, name=name, kernel_init=nn.with_logical_partitioning(
       nn.initializers.lecun_normal(), (None, "embed")))
@@ -145,8 +200,12 @@ class CPLLM(nn.Module):
   score_tokens: str = "all"
   score_prenorm: bool = False
   score_pool: str = "mean"  # 'weighted': learned patch weights (score_tokens 'patch' only)
+  score_exposure: bool = False  # add ExposureHead's offset to every frame score
   decoder_frames: int = 1
   level_token_ids: tuple[int, ...] | None = None
+  # Logits only at the first N target positions when the batch has `mask_loss` (training):
+  # a 262k vocabulary makes full [B, L, V] logits most of a Gemma 3 step's cost (#16).
+  max_targets: int | None = None
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -165,6 +224,8 @@ class CPLLM(nn.Module):
         raise ValueError("score_pool='weighted' weighs patch scores: it needs "
                          f"score_tokens='patch', got {self.score_tokens!r}")
       self.score_weight = ScoreHead(self.score_hidden, name="score_weight")
+    if self.score_exposure:
+      self.exposure_head = ExposureHead(name="exposure_head")
 
   def encode_frames(self, ctx_frames, patches, *, train=False):
     """Both paths for N frames.
@@ -193,21 +254,27 @@ class CPLLM(nn.Module):
     v_raw = per_patch.mean(axis=1)
     v = self.pix_norm(v_raw)
 
+    scores, patch_scores = self._frame_scores(u, v_raw, v, per_patch)
+    if self.score_exposure:
+      scores = scores + self.exposure_head(exposure_statistics(ctx_frames))
+    return u, v, scores, patch_scores
+
+  def _frame_scores(self, u, v_raw, v, per_patch):
+    """(frame scores float32[N], patch scores float32[N, K] or None) by `score_tokens`."""
     v_score = v_raw if self.score_prenorm else v
     if self.score_tokens == "all":  # the paper's head: both paths' tokens
-      return u, v, self.score_head(jnp.concatenate([u, v_score], axis=1).mean(axis=1)), None
+      return self.score_head(jnp.concatenate([u, v_score], axis=1).mean(axis=1)), None
     if self.score_tokens == "pixel":
-      return u, v, self.score_head(v_score.mean(axis=1)), None
+      return self.score_head(v_score.mean(axis=1)), None
     if self.score_tokens == "patch":
       patch_tokens = per_patch.mean(axis=2)  # float[N, K, D]
       head_in = patch_tokens if self.score_prenorm else self.pix_norm(patch_tokens)
       patch_scores = self.score_head(head_in)
       if self.score_pool == "mean":
-        return u, v, patch_scores.mean(axis=1), patch_scores
+        return patch_scores.mean(axis=1), patch_scores
       weights = jax.nn.softplus(self.score_weight(head_in)) + 1e-6  # float32[N, K] > 0
       self.sow("intermediates", "patch_weights", weights)  # apply(..., mutable=...) reads it
-      frame_scores = (weights * patch_scores).sum(axis=1) / weights.sum(axis=1)
-      return u, v, frame_scores, patch_scores
+      return (weights * patch_scores).sum(axis=1) / weights.sum(axis=1), patch_scores
     raise ValueError("score_tokens must be 'all', 'pixel' or 'patch', got "
                      f"{self.score_tokens!r}")
 
@@ -264,9 +331,13 @@ class CPLLM(nn.Module):
       'frame_scores' float32[B, 2, M], 'score' float32[B, 2], with score_tokens 'patch'
       'patch_scores' float32[B, 2, M, K]; with `decode` also
       'decoder_mask' bool[B, S], 'logits' float32[B, L, V] (text positions: logits[:, i]
-      predicts text[:, i + 1]) and, if level_token_ids is set, 'level_probs' float32[B, 5]
-      and 'level_score' float32[B] read right after the prompt (meaningful when the prompt
-      is the level prompt, e.g. "The quality of the video is").
+      predicts text[:, i + 1]) or, with `max_targets` N and `mask_loss` in the batch,
+      'target_logits' float32[B, N, V] at `target_positions`, 'target_tokens' int[B, N]
+      (what they predict), 'target_weight' bool[B, N] and 'targets_dropped' int[B] (target
+      tokens beyond the first N, left out of the loss), and, if level_token_ids is set,
+      'level_probs' float32[B, 5] and 'level_score' float32[B] read right after the prompt
+      (meaningful when the prompt is the level prompt, e.g. "The quality of the video
+      is").
     """
     ctx, patches = batch["ctx"], batch["patches"]
     b, n_videos, m = ctx.shape[:3]
@@ -287,11 +358,21 @@ class CPLLM(nn.Module):
     x, input_mask, mask_ar = self.decoder_inputs(u, v, batch["video_mask"], text,
                                                  batch["input_mask"], batch["mask_ar"])
     hidden, _, _ = self.llm(x, input_mask, mask_ar)
-    logits = self.llm.logits(hidden[:, -text.shape[1]:])
-    out.update(decoder_mask=input_mask, logits=logits)
+    hidden = hidden[:, -text.shape[1]:]  # float[B, L, D], the text positions
+    out["decoder_mask"] = input_mask
+    if self.max_targets is None or "mask_loss" not in batch:
+      out["logits"] = self.llm.logits(hidden)
+    else:
+      at, is_target = target_positions(batch["mask_loss"], self.max_targets)
+      out["target_logits"] = self.llm.logits(
+          jnp.take_along_axis(hidden, at[..., None], axis=1))
+      out["target_tokens"] = jnp.take_along_axis(text[:, 1:], at, axis=1)
+      out["target_weight"] = is_target
+      out["targets_dropped"] = (batch["mask_loss"][:, 1:].astype(bool).sum(axis=1)
+                                - is_target.sum(axis=1))
     if self.level_token_ids is not None:
       at = last_prefix_index(batch["input_mask"], batch["mask_ar"])
       out["level_probs"], out["level_score"] = level_score(
-          jnp.take_along_axis(logits, at[:, None, None], axis=1)[:, 0],
+          self.llm.logits(jnp.take_along_axis(hidden, at[:, None, None], axis=1))[:, 0],
           self.level_token_ids)
     return out

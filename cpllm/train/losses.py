@@ -76,10 +76,20 @@ def text_cross_entropy(logits, text, mask_loss):
 
   Returns (loss, number of target tokens).
   """
-  targets = text[:, 1:]
-  weight = mask_loss[:, 1:].astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits[:, :-1].astype(jnp.float32), targets)
+  return target_cross_entropy(logits[:, :-1], text[:, 1:], mask_loss[:, 1:])
+
+
+def target_cross_entropy(logits, targets, weight):
+  """Eq. 3 on logits already aligned with what they predict.
+
+  Args:
+    logits: float[B, N, V]; targets: int[B, N]; weight: [B, N], 1 where targets[b, n]
+      is a target token (e.g. CPLLM's 'target_logits', 'target_tokens', 'target_weight').
+
+  Returns (mean cross-entropy over the weighted tokens, their number).
+  """
+  weight = weight.astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   count = weight.sum()
   return jnp.sum(ce * weight) / jnp.maximum(count, 1.0), count
 
@@ -117,10 +127,16 @@ def total_loss(out, batch, weights, ladder_margin: float = 0.0,
   if order_only:
     regressed = regressed & features.intact(batch["dims"][:, 0], order_only)
   l_reg = regression(out["score"][:, 0], batch["mos"][:, 0], regressed)
-  mask_loss = batch["mask_loss"] * valid[:, None]
-  l_text, n_tokens = text_cross_entropy(out["logits"], batch["text"], mask_loss)
+  if "target_logits" in out:  # CPLLM with max_targets: logits at target positions only
+    l_text, n_tokens = target_cross_entropy(out["target_logits"], out["target_tokens"],
+                                            out["target_weight"] & valid[:, None])
+    dropped = jnp.sum(out["targets_dropped"] * valid)
+  else:
+    mask_loss = batch["mask_loss"] * valid[:, None]
+    l_text, n_tokens = text_cross_entropy(out["logits"], batch["text"], mask_loss)
+    dropped = jnp.zeros((), jnp.int32)
   loss = (weights["pair"] * l_pair + weights["reg"] * l_reg + weights["text"] * l_text
           + weights.get("ladder", 0.0) * l_ladder)
   return loss, dict(loss_pair=l_pair, loss_reg=l_reg, loss_text=l_text,
                     loss_ladder=l_ladder, n_pairs=is_pair.sum(), n_ladder_pairs=n_ladder,
-                    n_target_tokens=n_tokens)
+                    n_target_tokens=n_tokens, n_targets_dropped=dropped)

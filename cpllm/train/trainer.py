@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import re
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,6 +43,7 @@ from cpllm.data import tokenizer as tokenizer_lib
 from cpllm.evals import evaluator
 from cpllm.models import checkpoints
 from cpllm.models import cpllm
+from cpllm.models import gguf_checkpoint
 from cpllm.train import losses
 
 # --------------------------------------------------------------------------- param rules
@@ -69,7 +72,7 @@ def param_rules(config) -> tuple[tuple[str, float], ...]:
       (r"proj_ctx/.*", 0.0 if mode == "frozen" else 1.0),
       (r"llm/.*lora_[ab]", 1.0),
       (r"llm/.*", 0.0 if frozen_base else 1.0),
-      (r"(pix|proj_pix|pix_norm|score_head|score_weight)/.*", 1.0),
+      (r"(pix|proj_pix|pix_norm|score_head|score_weight|exposure_head)/.*", 1.0),
   )
 
 
@@ -168,10 +171,13 @@ def create_state(config, model: cpllm.CPLLM, spec, mesh, rng, load_params=None):
       params = jax.jit(lambda r: nn.unbox(model.init(r, zeros()))["params"],
                        out_shardings=param_sh)(rng)
   init_paths = {k: v for k, v in config.get("init", {}).items() if v}
+  encoders_from = init_paths.pop("encoders", None)
   if load_params is not None:
     params = load_params(param_sh)
   elif init_paths:
     params = checkpoints.load_pretrained(params, **init_paths)
+  if load_params is None and encoders_from:
+    params = with_encoders(params, encoders_from)
 
   mults = lr_multipliers(params, param_rules(config))
   trainable, frozen = partition(params, mults)
@@ -190,6 +196,32 @@ def create_state(config, model: cpllm.CPLLM, spec, mesh, rng, load_params=None):
                   opt_state=opt_sh)
   batch_sh = sharding.batch_sharding(mesh, jax.tree.leaves(spec)[0].shape[0])
   return state, Setup(model, mesh, mults, optimizer, state_sh, batch_sh)
+
+
+ENCODERS = ("img", "pix")  # the towers that do not depend on the decoder's width
+
+
+def with_encoders(params, workdir: str):
+  """`params` with the context and pixel encoders (ENCODERS) of a CP-LLM run's latest
+  checkpoint (`config.init.encoders`), e.g. the demo's towers under a Gemma 3 decoder.
+  Raises ValueError naming the run and the first parameter whose shape differs."""
+  run_config = load_config(workdir)
+  run_model = cpllm.CPLLM(**{**run_config.model.to_dict(),
+                             "level_token_ids": None, "max_targets": None})
+  restored, step = restore_params(workdir, run_config, run_model)
+  out = dict(params)
+  for tower in ENCODERS:
+    want = traverse_util.flatten_dict(params[tower], sep="/")
+    got = traverse_util.flatten_dict(restored[tower], sep="/")
+    for name in sorted(want.keys() | got.keys()):
+      if name not in want or name not in got or want[name].shape != got[name].shape:
+        shapes = [x[name].shape if name in x else "missing" for x in (got, want)]
+        raise ValueError(f"config.init.encoders: {workdir} (step {step}) has {tower}/{name} "
+                         f"{shapes[0]}, this model {shapes[1]}: the encoders must match")
+    out[tower] = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
+                              restored[tower], params[tower])
+  log_line(f"encoders {', '.join(ENCODERS)} from {workdir} (step {step})")
+  return out
 
 
 def guarded_update(optimizer, loss_fn, state, batch):
@@ -343,10 +375,14 @@ def restore_latest(manager, state, shardings, data_iterator):
 
 
 def resolve_tokenizer(config, data_dir: str) -> tokenizer_lib.Tokenizer:
-  """config.tokenizer, or the tokenizer.model a dataset build left beside its records."""
+  """config.tokenizer (a SentencePiece model, or a GGUF file whose tokenizer is written out
+  as one), or the tokenizer.model a dataset build left beside its records."""
   path = config.get("tokenizer")
   if not path:
     path = pipeline.dataset_tokenizer(config.data.name, data_dir)
+  elif path.endswith(".gguf"):
+    path = gguf_checkpoint.write_tokenizer(
+        path, os.path.join(tempfile.mkdtemp(prefix="cpllm-tokenizer-"), TOKENIZER_FILE))
   return tokenizer_lib.Tokenizer(path)
 
 

@@ -147,6 +147,35 @@ def test_scores_match_independent_computation(tiny, score_tokens, prenorm, pool)
       np.testing.assert_allclose(out["score"][i, video], np.mean(frame_scores), atol=1e-4)
 
 
+def test_exposure_offset_is_numpy_statistics_through_the_head(tiny):
+  """score_exposure: every frame score is the model's without it plus an MLP (NumPy here)
+  of the context frame's luma percentiles and crushed / clipped shares (NumPy's
+  percentile), and the hand example of exposure_statistics' docstring holds."""
+  cfg, model, params, _ = tiny
+  batch = make_batch(cfg, [[True, True], [True, False]], seed=5)
+  batch["ctx"][0, 0, 0, :, :8] = 255.0  # a clipped band
+  batch["ctx"][1, 0, 1] *= 0.2  # underexposed
+  exposed = model.clone(score_exposure=True)
+  extra = nn.unbox(jax.jit(exposed.init)(jax.random.PRNGKey(2), batch))["params"]
+  head = jax.tree.map(lambda x: x + 0.3, extra["exposure_head"])  # out starts at zero
+  p = {"params": dict(params["params"], exposure_head=head)}
+  plain = jax.jit(functools.partial(model.apply, decode=False))(params, batch)
+  out = jax.jit(functools.partial(exposed.apply, decode=False))(p, batch)
+  luma = np.asarray(batch["ctx"], np.float64) @ [0.299, 0.587, 0.114]  # [B, 2, M, R, R]
+  luma = luma.reshape(luma.shape[:3] + (-1,))
+  stats = np.concatenate([np.moveaxis(np.percentile(luma, [1, 50, 99], axis=-1), 0, -1) / 255,
+                          (luma <= 4).mean(-1, keepdims=True),
+                          (luma >= 251).mean(-1, keepdims=True)], axis=-1)
+  h = jax.tree.map(lambda x: np.asarray(x, np.float64), head)
+  offset = (np.maximum(stats @ h["hidden"]["kernel"] + h["hidden"]["bias"], 0)
+            @ h["out"]["kernel"][:, 0] + h["out"]["bias"][0])
+  assert stats[0, 0, 0, 4] == pytest.approx(0.25) and np.ptp(offset) > 0.01
+  np.testing.assert_allclose(out["frame_scores"], plain["frame_scores"] + offset, atol=1e-4)
+  half = np.concatenate([np.zeros((1, 4, 2, 3)), np.full((1, 4, 2, 3), 255.0)], axis=2)
+  np.testing.assert_allclose(cpllm.exposure_statistics(half), [[0, 0.5, 1, 0.5, 0.5]],
+                             atol=1e-5)
+
+
 def test_level_score_is_q_align_expectation(tiny):
   cfg, model, params, apply = tiny
   batch = make_batch(cfg, [[True, False], [True, False]], seed=3)
@@ -159,6 +188,41 @@ def test_level_score_is_q_align_expectation(tiny):
     probs /= probs.sum()
     np.testing.assert_allclose(out["level_probs"][i], probs, atol=1e-6)
     np.testing.assert_allclose(out["level_score"][i], probs @ [5, 4, 3, 2, 1], atol=1e-5)
+
+
+def test_target_logits_are_the_full_logits_at_target_positions(tiny):
+  """max_targets: a second code path (the full [B, L, V] logits, gathered by hand) gives
+  the same logits, and the same text loss through losses.total_loss."""
+  from cpllm.train import losses  # pylint: disable=import-outside-toplevel
+  cfg, model, params, apply = tiny
+  batch = make_batch(cfg, [[True, False], [True, True]], seed=4)
+  mask_loss = np.zeros((2, L), np.int32)
+  mask_loss[0, 7:12] = 1  # 5 targets: positions 6..10 predict them
+  mask_loss[1, 9:16] = 1  # 7 targets, 1 more than max_targets: positions 8..13 kept
+  batch["mask_loss"] = mask_loss
+  full = apply(params, batch)
+  short = jax.jit(cpllm.CPLLM(**dict(cfg.model, max_targets=6)).apply)(params, batch)
+  assert "logits" not in short and short["target_logits"].shape[:2] == (2, 6)
+  want_at = [[6, 7, 8, 9, 10, 0], [8, 9, 10, 11, 12, 13]]
+  np.testing.assert_array_equal(short["target_weight"], [[1] * 5 + [0], [1] * 6])
+  np.testing.assert_array_equal(short["targets_dropped"], [0, 1])
+  for i, at in enumerate(want_at):
+    np.testing.assert_array_equal(short["target_tokens"][i], batch["text"][i, np.add(at, 1)])
+    np.testing.assert_allclose(short["target_logits"][i], full["logits"][i, at], atol=1e-5)
+  np.testing.assert_allclose(short["level_score"], full["level_score"], atol=1e-6)
+  # The loss: row 1's last target (position 14) is the one left out.
+  batch = dict(batch, valid=np.ones(2, bool), dims=np.full((2, 2, 6), 5.0, np.float32),
+               mos=np.full((2, 2), 3.0, np.float32), crf=np.full((2, 2), -1, np.int32),
+               is_original=np.ones((2, 2), np.int32), pair_kind=np.zeros(2, np.int32))
+  kept = dict(batch, mask_loss=mask_loss.copy())
+  kept["mask_loss"][1, 15] = 0
+  weights = dict(pair=0.0, reg=0.0, text=1.0)
+  _, got = losses.total_loss(short, batch, weights)
+  _, ref = losses.total_loss(full, kept, weights)
+  np.testing.assert_allclose(got["loss_text"], ref["loss_text"], rtol=1e-5)
+  assert int(got["n_target_tokens"]) == 11 and int(got["n_targets_dropped"]) == 1
+  np.testing.assert_array_equal(
+      cpllm.target_positions(jnp.array([[0, 0, 1, 1, 0]]), 3)[0], [[1, 2, 0]])
 
 
 def test_weighted_pool_needs_patch_scores():

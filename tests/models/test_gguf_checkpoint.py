@@ -11,6 +11,7 @@ import flax.linen as nn
 import gguf
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -18,6 +19,7 @@ from cpllm.data import tokenizer as tokenizer_lib
 from cpllm.models import checkpoints
 from cpllm.models import gemma
 from cpllm.models import gguf_checkpoint
+from cpllm.train import trainer
 
 # A BPE vocabulary: specials, byte fallback, then pieces that merge into "▁w0".."▁w9".
 PIECES = (["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)]
@@ -129,6 +131,22 @@ def test_the_tokenizer_of_a_synthetic_file(tiny, tmp_path):
   assert tok.pieces(tok.encode("w5 w7")) == ["w", "5", "\u2581w7"]  # no dummy prefix
   assert tok.pieces(tok.encode("é")) == ["<0xC3>", "<0xA9>"]  # byte fallback
   assert tok.decode(tok.encode("é w3 w")) == "é w3 w"
+
+
+def test_a_config_reads_weights_and_tokenizer_from_a_gguf_file(tiny):
+  """config.init.gemma and config.tokenizer may name a .gguf file (configs/demo.py:gemma3):
+  the weights land under llm/, the rest of the model keeps its values."""
+  path, config, params = tiny
+  target = {"llm": gemma.param_shapes(gemma.Gemma(**config, scan=False)),
+            "score_head": {"kernel": np.full((2, 3), 7.0, np.float32)}}
+  got = checkpoints.flatten(checkpoints.load_pretrained(target, gemma=path))
+  for name, value in checkpoints.flatten(params).items():
+    np.testing.assert_allclose(got["llm/" + name], value, rtol=0,
+                               atol=np.finfo(np.float32).eps, err_msg=name)
+  np.testing.assert_array_equal(got["score_head/kernel"], 7.0)
+  tok = trainer.resolve_tokenizer(ml_collections.ConfigDict(dict(tokenizer=path)), "unused")
+  assert (tok.vocab_size, tok.bos_id) == (TINY["vocab_size"], 2)
+  assert tok.pieces(tok.encode("w5 w7")) == ["w", "5", "\u2581w7"]
 
 
 def test_errors_name_the_file_and_the_cause(tiny, tmp_path):

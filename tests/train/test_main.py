@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -23,6 +25,7 @@ from cpllm.data import features
 from cpllm.data import instructions
 from cpllm.data import pipeline
 from cpllm.data import video
+from cpllm.models import cpllm
 from cpllm.train import trainer
 from tests.data import test_pair_order
 from tests.train import e2e
@@ -278,3 +281,31 @@ def test_scorer_tiles_a_large_frame_with_score_patches(trained):
   _, _, frame_scores, _ = scorer.model.apply({"params": scorer.params}, ctx, tiles,
                                              method=scorer.model.encode_frames)
   np.testing.assert_allclose(line["frame_scores"], frame_scores, atol=1e-5)
+
+
+def test_init_encoders_takes_the_towers_of_a_run(trained):
+  """config.init.encoders (configs/demo.py:gemma3): the context and pixel towers come from a
+  run's checkpoint, under a decoder of another width, and nothing else does; a pixel
+  encoder of another shape is refused, naming the parameter and both shapes."""
+  workdir, _, _ = trained
+  run_config = trainer.load_config(workdir)
+  run_model = dict(run_config.model.to_dict(), level_token_ids=None)
+  run_params, _ = trainer.restore_params(workdir, run_config, cpllm.CPLLM(**run_model))
+  model_config = dict(run_model, decoder=dict(variant="tiny3", width=32, vocab_size=600,
+                                              lora_rank=4))
+
+  def init(config):
+    spec = pipeline.example_spec(config, run_config.num_frames, run_config.text_len, 1)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), spec)
+    return nn.unbox(jax.jit(cpllm.CPLLM(**config).init)(jax.random.PRNGKey(5), zeros))[
+        "params"]
+
+  params = init(model_config)
+  got = trainer.with_encoders(params, workdir)
+  for tower, source in (("img", run_params), ("pix", run_params), ("llm", params),
+                        ("proj_pix", params), ("score_head", params)):
+    jax.tree.map(np.testing.assert_array_equal, got[tower], source[tower])
+  assert got["proj_pix"]["kernel"].shape[1] == 32
+  wide = dict(model_config, pix_encoder=dict(run_model["pix_encoder"], width=48))
+  with pytest.raises(ValueError, match=r"pix/tokens/bias \(64,\), this model \(48,\)"):
+    trainer.with_encoders(init(wide), workdir)
