@@ -75,6 +75,8 @@ def get_config(arg: str | None = None):
       score_tokens="patch",
       score_prenorm=False,
       score_pool="mean",  # 'weighted' (WaDIQaM) measured worse: README, #15
+      score_exposure=False,
+      flat_contrast=ml_collections.config_dict.placeholder(float),
       decoder_frames=1,
       level_token_ids=None,  # read from the tokenizer at start
   )
@@ -149,3 +151,4 @@ def gemma3(config):
   config.checkpoint_every = 25
   config.eval_every = 150
   config.eval_batch_size = 16
+  config.describe_tokens = 208  # Gemma 3's pieces: 160 cut some descriptions before "Overall"

@@ -32,6 +32,8 @@ per-patch regression can only give it the average label, and the plain mean lets
 patches pull the frame towards the middle; weights learn to trust the patches that show
 their quality.
 e.g. patch scores [4.0, 2.0], weights [3.0, 1.0] -> (12 + 2) / 4 = 3.5 (mean: 3.0).
+With `flat_contrast` c the frame score is instead the mean of the patch scores weighted by
+each patch's contrast (`contrast_weights`): a fixed rule where `score_weight` learns one.
 With `score_exposure` a small MLP, `exposure_head`, adds an offset to every frame score
 from five statistics of the whole frame's luma (`exposure_statistics`): contrast
 normalisation divides a gain out, so the patch scores alone see an underexposed frame as
@@ -162,6 +164,20 @@ def exposure_statistics(frames):
                           (luma >= CLIPPED).mean(axis=1, keepdims=True)], axis=1)
 
 
+def contrast_weights(patches, contrast: float):
+  """Weights of K patches in their frame's score from their luma's standard deviation s:
+  (s^2 + 0.01) / (s^2 + contrast^2), float32[N, K] from patches float[N, K, P, P, 3].
+
+  A flat patch (a clear sky, a white wall, a microscope's background) looks the same at
+  CRF 13 and 45, so its score says little; a blocky or textured one counts fully. The
+  0.01 keeps a frame with no contrast at all at the plain mean.
+  e.g. contrast 3: s = 0 -> 0.001, s = 3 -> 0.5, s = 20 -> 0.98.
+  """
+  luma = jnp.asarray(patches, jnp.float32) @ jnp.asarray(cnn.LUMA, jnp.float32)
+  var = luma.reshape(luma.shape[:2] + (-1,)).var(axis=-1)
+  return (var + 0.01) / (var + contrast ** 2)
+
+
 class ExposureHead(nn.Module):
   """An offset to the frame score from `exposure_statistics`: float[N, 5] -> float32[N].
 
@@ -201,6 +217,7 @@ class CPLLM(nn.Module):
   score_prenorm: bool = False
   score_pool: str = "mean"  # 'weighted': learned patch weights (score_tokens 'patch' only)
   score_exposure: bool = False  # add ExposureHead's offset to every frame score
+  flat_contrast: float | None = None  # weigh patch scores by contrast_weights (8-bit units)
   decoder_frames: int = 1
   level_token_ids: tuple[int, ...] | None = None
   # Logits only at the first N target positions when the batch has `mask_loss` (training):
@@ -226,6 +243,11 @@ class CPLLM(nn.Module):
       self.score_weight = ScoreHead(self.score_hidden, name="score_weight")
     if self.score_exposure:
       self.exposure_head = ExposureHead(name="exposure_head")
+    if self.flat_contrast is not None and (self.score_tokens, self.score_pool) != (
+        "patch", "mean"):
+      raise ValueError("flat_contrast weighs patch scores: it needs score_tokens='patch' "
+                       f"and score_pool='mean', got {self.score_tokens!r}, "
+                       f"{self.score_pool!r}")
 
   def encode_frames(self, ctx_frames, patches, *, train=False):
     """Both paths for N frames.
@@ -255,6 +277,9 @@ class CPLLM(nn.Module):
     v = self.pix_norm(v_raw)
 
     scores, patch_scores = self._frame_scores(u, v_raw, v, per_patch)
+    if self.flat_contrast is not None:  # a weighted mean of the patch scores instead
+      weights = contrast_weights(patches, self.flat_contrast)  # float32[N, K]
+      scores = (weights * patch_scores).sum(axis=1) / weights.sum(axis=1)
     if self.score_exposure:
       scores = scores + self.exposure_head(exposure_statistics(ctx_frames))
     return u, v, scores, patch_scores

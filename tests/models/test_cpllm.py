@@ -176,6 +176,28 @@ def test_exposure_offset_is_numpy_statistics_through_the_head(tiny):
                              atol=1e-5)
 
 
+def test_flat_contrast_weighs_patch_scores_by_numpy_contrast(tiny):
+  """flat_contrast: the frame score is the mean of the same patch scores weighted by
+  (s^2 + 0.01) / (s^2 + c^2) of each patch's luma standard deviation s (NumPy here); a
+  flat patch counts ~nothing, and a wrong pooling is refused."""
+  cfg, model, params, _ = tiny
+  batch = make_batch(cfg, [[True, True], [True, False]], seed=6)
+  batch["patches"][0, 0, 0, 0] = 90.0  # one flat patch
+  plain = model.clone(score_tokens="patch")
+  weighted = plain.clone(flat_contrast=3.0)
+  ref = jax.jit(functools.partial(plain.apply, decode=False))(params, batch)
+  out = jax.jit(functools.partial(weighted.apply, decode=False))(params, batch)
+  np.testing.assert_allclose(out["patch_scores"], ref["patch_scores"], atol=1e-6)
+  luma = np.asarray(batch["patches"], np.float64) @ [0.299, 0.587, 0.114]
+  var = luma.reshape(luma.shape[:4] + (-1,)).var(-1)  # [B, 2, M, K]
+  w = (var + 0.01) / (var + 9.0)
+  assert w[0, 0, 0, 0] == pytest.approx(0.01 / 9) and w.max() > 0.99
+  want = (w * np.asarray(ref["patch_scores"], np.float64)).sum(-1) / w.sum(-1)
+  np.testing.assert_allclose(out["frame_scores"], want, atol=1e-5)
+  with pytest.raises(ValueError, match="flat_contrast weighs patch scores"):
+    model.clone(score_tokens="pixel", flat_contrast=3.0).init(jax.random.PRNGKey(0), batch)
+
+
 def test_level_score_is_q_align_expectation(tiny):
   cfg, model, params, apply = tiny
   batch = make_batch(cfg, [[True, False], [True, False]], seed=3)
