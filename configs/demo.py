@@ -152,3 +152,13 @@ def gemma3(config):
   config.eval_every = 150
   config.eval_batch_size = 16
   config.describe_tokens = 208  # Gemma 3's pieces: 160 cut some descriptions before "Overall"
+
+
+def sweep():
+  """`python -m launch.sweep --config=configs/demo.py`: the demo itself, the learning rate a
+  factor ~3 either side, and the pairwise and text losses each switched off."""
+  yield {}
+  for lr in (3e-4, 3e-3):
+    yield {"lr": lr}
+  for loss in ("pair", "text"):
+    yield {f"loss_weights.{loss}": 0.0}
