@@ -86,6 +86,7 @@ def get_config(arg: str | None = None):
                      eval_split="test",
                      mix=dict(single=1.0, same_source=1.0, cross=1.0, ladder=1.0),
                      level_rate=0.3, reason_rate=0.4, augment=True,
+                     low_contrast=ml_collections.config_dict.placeholder(float),
                      num_workers=0 if smoke else 2)
   config.tokenizer = path()  # the demo_videos build ships its own tokenizer.model
   config.context_encoder = "all"

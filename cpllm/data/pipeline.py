@@ -25,7 +25,10 @@ cross -> single; the kind actually produced is each example's `pair_kind`.
 Augmentation (`augment=True`, training only): a horizontal flip with probability 1/2 and
 patches at uniformly random positions instead of the fixed grid; both videos of a pair get
 the same flip and positions (one `view_seed` per example), so a same-source pair differs
-in its distortion only, not in what the patches show.
+in its distortion only, not in what the patches show. With `low_contrast` L as well, half
+the examples have both videos' contrast scaled by one factor, log-uniform in [L, 1]
+(`scale_contrast`), their labels unchanged: a contrast-normalised pixel path otherwise
+reads faint content (a microscope image, a dark street) as blurred or compressed.
 
 Text tasks: a single video with dimension scores gets, with probability `reason_rate`, the
 GRPO prompt with its SIG chain-of-thought target ('<think>...</think><answer>3.42</answer>',
@@ -294,12 +297,23 @@ def frame_picks(stored: int, wanted: int) -> np.ndarray:
   return video.segment_centres(stored, wanted)
 
 
+def scale_contrast(frames: np.ndarray, factor: float) -> np.ndarray:
+  """uint8 frames [M, H, W, 3] with each frame's deviation from its channel means times
+  `factor`, rounded: the same scene with less contrast (a hazy day, a microscope).
+
+  e.g. a frame of values 100 and 200, factor 0.5 -> 125 and 175.
+  """
+  x = frames.astype(np.float32)
+  mean = x.mean(axis=(1, 2), keepdims=True)
+  return np.clip(np.rint(mean + factor * (x - mean)), 0, 255).astype(np.uint8)
+
+
 class LoadExample(grain.transforms.Map):
   """plan -> model example: frames preprocessed for both paths, text tokenized."""
 
   def __init__(self, records, meta: Metadata, tokenizer: tokenizer_lib.Tokenizer,
                model_config: Mapping[str, Any], num_frames: int, text_len: int,
-               augment: bool = False):
+               augment: bool = False, low_contrast: float | None = None):
     self.records = records
     self.meta = meta
     self.tokenizer = tokenizer
@@ -307,11 +321,18 @@ class LoadExample(grain.transforms.Map):
     self.num_frames = num_frames
     self.text_len = text_len
     self.augment = augment
+    self.low_contrast = low_contrast
 
   def _video(self, index: int, view_seed: int | None):
     frames = np.asarray(self.records[index]["frames"])
     frames = frames[frame_picks(len(frames), self.num_frames)]
     view_rng = np.random.default_rng(view_seed) if self.augment else None
+    if self.augment and self.low_contrast is not None:
+      # Its own stream, so that the flips and positions are those of augment alone.
+      contrast_rng = np.random.default_rng([view_seed, 1])
+      if contrast_rng.random() < 0.5:
+        frames = scale_contrast(frames, np.exp(contrast_rng.uniform(
+            np.log(self.low_contrast), 0.0)))
     ctx, patches = video.preprocess(frames, self.model_config, view_rng)
     return np.asarray(ctx), np.asarray(patches)
 
@@ -369,6 +390,7 @@ def _prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
 def train_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frames: int,
                   text_len: int, batch_size: int, seed: int, mix: Mix = Mix(),
                   level_rate: float = 0.3, reason_rate: float = 0.0, augment: bool = False,
+                  low_contrast: float | None = None,
                   num_workers: int = 0, shard_index: int = 0, shard_count: int = 1,
                   read_ahead: grain.ReadOptions = READ_AHEAD) -> grain.IterDataset:
   """Endless, shuffled, batched training examples: this host's `batch_size` rows of each
@@ -377,7 +399,7 @@ def train_dataset(records, meta: Metadata, tokenizer, *, model_config, num_frame
   ds = grain.MapDataset.range(len(meta)).shuffle(seed=seed).repeat()
   ds = ds.random_map(PlanPair(meta, mix, level_rate, reason_rate), seed=seed)
   ds = ds.map(LoadExample(records, meta, tokenizer, model_config, num_frames, text_len,
-                          augment))
+                          augment, low_contrast))
   return _prefetch(_host_batches(ds, batch_size, shard_index, shard_count, read_ahead),
                    num_workers)
 

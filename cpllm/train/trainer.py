@@ -432,6 +432,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       seed=config.seed, mix=pipeline.Mix(**config.data.mix),
       level_rate=config.data.level_rate, reason_rate=config.data.get("reason_rate", 0.0),
       augment=config.data.get("augment", False),
+      low_contrast=config.data.get("low_contrast"),
       num_workers=config.data.get("num_workers", 0), shard_index=shard_index,
       shard_count=shard_count))
   log_line(f"data: {len(meta)} training and {len(eval_meta)} evaluation videos "

@@ -124,3 +124,37 @@ def test_augmented_patches_come_from_the_resized_frame():
   assert patches.shape == (2, 4, 16, 16, 3) and (h, w) == (60, 80)
   for k in range(4):
     assert find(patches[:, k], resized.astype(np.uint8)) is not None
+
+
+def test_low_contrast_scales_both_videos_of_a_pair_by_one_factor():
+  """low_contrast: about half the views are the augment-only view of frames whose deviation
+  from each channel mean is scaled by one factor in [L, 1] for both videos (found by
+  least squares against the NumPy rescaling), the others are untouched."""
+  records = ladder_records()
+  meta = pipeline.read_metadata(records)
+  model = dict(CFG.model, pix_box=None)
+  plain = pipeline.LoadExample(records, meta, None, model, 3, 8, augment=True)
+  faint = pipeline.LoadExample(records, meta, None, model, 3, 8, augment=True,
+                               low_contrast=0.25)
+  np.testing.assert_array_equal(
+      pipeline.scale_contrast(np.array([[[[100, 50, 0], [200, 150, 255]]]], np.uint8), 0.5),
+      [[[[125, 75, 64], [175, 125, 191]]]])
+  scaled = 0
+  for seed in range(12):
+    factors = []
+    for index in (0, 3):
+      frames = records[index]["frames"]
+      _, got = faint._video(index, seed)  # pylint: disable=protected-access
+      _, same_view = plain._video(index, seed)  # pylint: disable=protected-access
+      if np.array_equal(got, same_view):
+        factors.append(1.0)
+        continue
+      best = min(np.exp(np.linspace(np.log(0.25), 0, 400)), key=lambda f: np.abs(
+          pipeline.LoadExample(  # the augment-only view of the rescaled frames
+              [dict(records[index], frames=pipeline.scale_contrast(frames, f))], meta, None,
+              model, 3, 8, augment=True)._video(0, seed)[1].astype(int)  # pylint: disable=protected-access
+          - got.astype(int)).max())
+      factors.append(float(best))
+    assert factors[0] == factors[1] and 0.25 <= factors[0] <= 1.0, (seed, factors)
+    scaled += factors[0] < 1.0
+  assert 3 <= scaled <= 9
