@@ -23,6 +23,10 @@ saw from 13 training photos, and a from-scratch ViT on raw RGB memorises them (#
   score_tokens  'patch': the score head reads the pixel tokens only (the context encoder,
                 trained from scratch here, learns what the training photos show), and
                 scores each patch on its own, the frame score being their mean (CNNIQA);
+  flat_contrast 3: the frame score weighs each patch score by the patch's contrast
+                (models/cpllm.py: contrast_weights): a flat patch (a clear sky, a white
+                wall, a microscope's background) looks the same at CRF 13 and 45, yet the
+                regression gives it the average label and it dragged clean frames down;
   score_patches 256: a scored video is tiled with up to 256 patches instead of the 12 of
                 a training clip, so a 720p frame is judged on a quarter of its area, not
                 on 1.3% of it (the patch-score mean is an estimate; more patches, less
@@ -76,7 +80,7 @@ def get_config(arg: str | None = None):
       score_prenorm=False,
       score_pool="mean",  # 'weighted' (WaDIQaM) measured worse: README, #15
       score_exposure=False,
-      flat_contrast=ml_collections.config_dict.placeholder(float),
+      flat_contrast=3.0,  # README, #15: flat patches count little in the frame score
       decoder_frames=1,
       level_token_ids=None,  # read from the tokenizer at start
   )

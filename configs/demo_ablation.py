@@ -19,6 +19,9 @@ Pixel path (#15), with the mix:
   deep_cnn    a third 3x3 convolution of 64 channels on the CNN (receptive field ~28 px
               instead of ~16; 2.5x the pixel path's multiply-adds)
   weighted_pool  the frame score a learned weighted mean of the patch scores (WaDIQaM)
+  no_flat_contrast  the plain mean of the patch scores (the demo before flat_contrast)
+  exposure     an offset to every frame score from whole-frame luma statistics
+               (score_exposure), so exposure variants train the score too
 (Frames fitted into 120x240 with the MSCN CNN need no row: the demo's 120x160 clips fit that
 box unchanged, so training is the demo's; only scoring differs, see the README.)
 Training signal and data (#15), each one change of the demo:
@@ -27,6 +30,11 @@ Training signal and data (#15), each one change of the demo:
   see_all      no score_blind: exposure and smoothness distortions train the score too
   order_noise  noise variants leave the regression (order_only): the score learns their
                rank through the pair hinge, not the size of their label
+  low_contrast half the examples' contrast scaled by a factor in [0.25, 1], labels kept
+  big_clips    clips of 320x240 (4x the pixels of each photo) at the same native scale;
+               needs its dataset first:
+                 tfds build data_builders/demo_videos --data_dir=runs/data_big \
+                   --config='{"name": "big", "height": 240, "width": 320}'
   whole_photo  clips of the whole photo shrunk into 160x120 (demo_videos 1.0.0's layout);
                needs its dataset first:
                  tfds build data_builders/demo_videos --data_dir=runs/data_whole_photo \
@@ -58,6 +66,10 @@ ABLATIONS = {
                       loss_weights=dict(ladder=0.0)),
     "no_augment": dict(data=dict(augment=False)),
     "weighted_pool": dict(model=dict(score_pool="weighted")),
+    "no_flat_contrast": dict(model=dict(flat_contrast=None)),
+    "exposure": dict(model=dict(score_exposure=True), score_blind=("smoothness",)),
+    "low_contrast": dict(data=dict(low_contrast=0.25)),
+    "big_clips": dict(data=dict(data_dir="runs/data_big")),
     "see_all": dict(score_blind=()),
     "order_noise": dict(order_only=("noise",)),
     "whole_photo": dict(data=dict(data_dir="runs/data_whole_photo")),

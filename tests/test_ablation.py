@@ -13,7 +13,8 @@ def test_each_ablation_changes_one_switch_of_the_demo():
   rows = configs.load_module("configs/demo_ablation.py").ABLATIONS
   assert set(rows) == {"single", "pairwise", "mix", "frozen", "head", "vit_pixels",
                        "score_all", "pixel_pool", "deep_cnn", "weighted_pool", "no_ladder",
-                       "no_augment", "see_all", "order_noise", "whole_photo", "grain"}
+                       "no_augment", "see_all", "order_noise", "whole_photo", "grain",
+                       "no_flat_contrast", "exposure", "low_contrast", "big_clips"}
   changed = {}
   for name in rows:
     config = configs.load(f"configs/demo_ablation.py:{name}").to_dict()
@@ -25,7 +26,13 @@ def test_each_ablation_changes_one_switch_of_the_demo():
                      "weighted_pool": {"model"}, "see_all": {"score_blind"},
                      "order_noise": {"order_only"},
                      "no_ladder": {"data", "loss_weights"}, "no_augment": {"data"},
-                     "whole_photo": {"data"}, "grain": {"data"}}
+                     "whole_photo": {"data"}, "grain": {"data"},
+                     "no_flat_contrast": {"model"}, "exposure": {"model", "score_blind"},
+                     "low_contrast": {"data"}, "big_clips": {"data"}}
+  exposure = configs.load("configs/demo_ablation.py:exposure")
+  assert exposure.model.score_exposure and tuple(exposure.score_blind) == ("smoothness",)
+  assert configs.load("configs/demo_ablation.py:no_flat_contrast").model.flat_contrast is None
+  assert configs.load("configs/demo_ablation.py:low_contrast").data.low_contrast == 0.25
   vit_pixels = configs.load("configs/demo_ablation.py:vit_pixels").model
   assert vit_pixels.pix_encoder.to_dict() == {"variant": "tiny", "scan": True}
   assert tuple(vit_pixels.pix_box) == (120, 240) and vit_pixels.score_tokens == "all"
