@@ -44,6 +44,7 @@ def get_config(arg: str | None = None):
                      eval_split="test",
                      mix=dict(single=1.0, same_source=1.0, cross=1.0, ladder=0.0),
                      level_rate=0.3, reason_rate=0.0, augment=False,
+                     low_contrast=ml_collections.config_dict.placeholder(float),
                      num_workers=8)  # reason_rate > 0 before GRPO
   config.tokenizer = path()  # Path to Gemma's tokenizer.model (sentencepiece); required.
   config.context_encoder = "frozen"  # frozen | head | all
