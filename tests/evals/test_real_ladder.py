@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 import skimage.data
+import skimage.feature
 
 from cpllm.data import video
 from cpllm.evals import baselines
@@ -77,6 +78,38 @@ def test_ladder_rebuild_reuses_files_and_reports_bad_sources(ladder, tmp_path):
     RL.build(out, [source], crfs=CRFS, seconds=0.5, log=printed.append)
   with pytest.raises(video.VideoError, match="no usable source"):
     RL.build(str(tmp_path / "empty"), [str(bad)], crfs=CRFS, log=printed.append)
+
+
+def test_panned_photos_are_lossless_and_never_trained_on(tmp_path):
+  from cpllm.data import demo_clips
+  printed = []
+  (path,) = RL.panned_photos(str(tmp_path), seconds=3 / RL.PHOTO_FPS, names=("flower",),
+                             log=printed.append)
+  load, out_hw = RL.HELD_OUT_PHOTOS["flower"]
+  # The camera of demo_videos, called here directly with the seed the docstring names.
+  expected = demo_clips.render_clip(
+      load(), out_hw, 3, np.random.default_rng(demo_clips.stable_seed("held-out photo",
+                                                                      "flower")), 480)
+  np.testing.assert_array_equal(video.read_frames(path), expected)
+  assert os.path.basename(path) == "flower.mkv" and "flower" in printed[0]
+  mtime = os.path.getmtime(path)
+  assert RL.panned_photos(str(tmp_path), 3 / RL.PHOTO_FPS, ("flower",), printed.append)
+  assert os.path.getmtime(path) == mtime and len(printed) == 1  # reused, not re-rendered
+  RL.panned_photos(str(tmp_path), 4 / RL.PHOTO_FPS, ("flower",), printed.append)
+  assert video.probe(path).num_frames == 4  # another length is rendered again
+  # No held-out photo contains a training photo's pixels: a 32x32 block from the middle of
+  # each one matches nowhere (normalised cross-correlation; 1.0 where it is found).
+  held = {name: load()[..., 1] for name, (load, _) in RL.HELD_OUT_PHOTOS.items()}
+  assert not set(held) & set(demo_clips.PHOTOS)
+  for train_name in demo_clips.PHOTOS:
+    train = demo_clips.load_photo(train_name)[..., 1]
+    y, x = train.shape[0] // 2, train.shape[1] // 2
+    block = train[y:y + 32, x:x + 32]
+    assert skimage.feature.match_template(train, block).max() > 0.999  # the check can fire
+    for name, photo in held.items():
+      assert skimage.feature.match_template(photo, block).max() < 0.98, (train_name, name)
+  with pytest.raises(ValueError, match="unknown held-out photos.*'lena'"):
+    RL.panned_photos(str(tmp_path), names=("lena",))
 
 
 def test_ladder_arguments_checked():
