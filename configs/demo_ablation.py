@@ -16,6 +16,8 @@ Pixel path (#15), with the mix:
               120x240 before patches are cut, the score head on both paths' tokens
   score_all   the MSCN CNN at native scale, the score head on both paths' tokens
   pixel_pool  the score head on the mean of the pixel tokens (the demo before patch scores)
+  faint_mscn  MSCN's constant 0.25 instead of BRISQUE's 1 (code values): faint texture is
+              normalised up instead of read as smoothed (held-out `cell` scored 2.0)
   deep_cnn    a third 3x3 convolution of 64 channels on the CNN (receptive field ~28 px
               instead of ~16; 2.5x the pixel path's multiply-adds)
   weighted_pool  the frame score a learned weighted mean of the patch scores (WaDIQaM)
@@ -62,6 +64,8 @@ ABLATIONS = {
     "pixel_pool": dict(model=dict(score_tokens="pixel")),
     "deep_cnn": dict(model=dict(pix_encoder=dict(kind="cnn", variant="small",
                                                  features=(32, 64, 64), strides=(2, 1, 1)))),
+    "faint_mscn": dict(model=dict(pix_encoder=dict(kind="cnn", variant="small",
+                                                   mscn_c=0.25))),
     "no_ladder": dict(mix=dict(single=1.0, same_source=1.0, cross=1.0),
                       loss_weights=dict(ladder=0.0)),
     "no_augment": dict(data=dict(augment=False)),

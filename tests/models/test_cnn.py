@@ -11,12 +11,12 @@ from scipy import ndimage
 from cpllm.models import cnn
 
 
-def mscn_reference(luma):
+def mscn_reference(luma, c=1.0):
   """BRISQUE's MSCN in float64 with SciPy: 7x7 window (truncate 3 / sigma), mirrored."""
   blur = lambda x: ndimage.gaussian_filter(x, 7 / 6, truncate=3 / (7 / 6), mode="reflect")
   mu = blur(luma)
   sigma = np.sqrt(np.abs(blur(luma * luma) - mu * mu))
-  return (luma - mu) / (sigma + 1.0)
+  return (luma - mu) / (sigma + c)
 
 
 def test_mscn_matches_scipy_reference():
@@ -35,6 +35,22 @@ def test_mscn_of_flat_and_offset_images():
   luma = rng.uniform(20, 200, (1, 16, 16))
   np.testing.assert_allclose(np.asarray(cnn.mscn(luma + 40.0)), np.asarray(cnn.mscn(luma)),
                              atol=1e-3)
+
+
+def test_mscn_constant_of_the_encoder_reaches_its_input():
+  """PatchCNN(mscn_c=c) normalises with c: its out['mscn'] against the float64 reference
+  on the luma of its own image (BT.601 weights of cnn.LUMA, [-1, 1] -> 0..255)."""
+  rng = np.random.default_rng(3)
+  image = np.clip(rng.normal(0, 0.02, (1, 32, 32, 3)), -1, 1).astype(np.float32)  # faint
+  luma = (image[0].astype(np.float64) + 1) * 127.5 @ np.asarray(cnn.LUMA, np.float64)
+  for c in (1.0, 0.25):
+    model = cnn.PatchCNN(**cnn.VARIANTS["small"], mscn_c=c)
+    params = model.init(jax.random.PRNGKey(0), image)
+    _, out = model.apply(params, image)
+    np.testing.assert_allclose(out["mscn"][0, ..., 0], mscn_reference(luma, c),
+                               atol=2e-3)  # float32 E[x^2] - mu^2 at luma ~127
+  # Faint texture (std ~2.5 code values) is normalised up by the smaller constant.
+  assert np.std(mscn_reference(luma, 0.25)) > 1.2 * np.std(mscn_reference(luma, 1.0))
 
 
 @pytest.fixture(scope="module")
