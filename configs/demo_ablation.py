@@ -41,6 +41,10 @@ Training signal and data (#15), each one change of the demo:
                needs its dataset first:
                  tfds build data_builders/demo_videos --data_dir=runs/data_whole_photo \
                    --config='{"name": "whole_photo", "scene_short": null}'
+  smooth       two smooth images (demo_clips.SMOOTH_PHOTOS: colour wheel, Shepp-Logan
+               phantom) added to the training sources, the split unchanged; needs:
+                 tfds build data_builders/demo_videos --data_dir=runs/data_smooth \
+                   --config='{"name": "smooth", "train_only": ["colorwheel", "phantom"]}'
   grain        a second CRF ladder per photo, encoded from its noise-5 clip (CRF 13, 17,
                ..., 49, scored against that clip; data_builders/demo_videos); needs:
                  tfds build data_builders/demo_videos --data_dir=runs/data_grain \
@@ -77,6 +81,7 @@ ABLATIONS = {
     "see_all": dict(score_blind=()),
     "order_noise": dict(order_only=("noise",)),
     "whole_photo": dict(data=dict(data_dir="runs/data_whole_photo")),
+    "smooth": dict(data=dict(data_dir="runs/data_smooth")),
     "grain": dict(data=dict(data_dir="runs/data_grain")),
 }
 

@@ -15,7 +15,7 @@ def test_each_ablation_changes_one_switch_of_the_demo():
                        "score_all", "pixel_pool", "deep_cnn", "weighted_pool", "no_ladder",
                        "no_augment", "see_all", "order_noise", "whole_photo", "grain",
                        "no_flat_contrast", "exposure", "low_contrast", "big_clips",
-                       "faint_mscn"}
+                       "faint_mscn", "smooth"}
   changed = {}
   for name in rows:
     config = configs.load(f"configs/demo_ablation.py:{name}").to_dict()
@@ -30,7 +30,7 @@ def test_each_ablation_changes_one_switch_of_the_demo():
                      "whole_photo": {"data"}, "grain": {"data"},
                      "no_flat_contrast": {"model"}, "exposure": {"model", "score_blind"},
                      "low_contrast": {"data"}, "big_clips": {"data"},
-                     "faint_mscn": {"model"}}
+                     "faint_mscn": {"model"}, "smooth": {"data"}}
   exposure = configs.load("configs/demo_ablation.py:exposure")
   assert exposure.model.score_exposure and tuple(exposure.score_blind) == ("smoothness",)
   assert configs.load("configs/demo_ablation.py:no_flat_contrast").model.flat_contrast is None

@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from cpllm.data import build_utils
 from cpllm.data import features
 from cpllm.data import instructions
 from cpllm.data import perturb
@@ -68,6 +69,9 @@ def _skimage(name: str, gray: bool = False, index: int | None = None):
     if index is not None:
       image = image[index]
     image = np.asarray(image)
+    if image.dtype != np.uint8:  # the phantom is float in [0, 1]
+      import skimage.util  # pylint: disable=import-outside-toplevel
+      image = skimage.util.img_as_ubyte(image)
     if gray:
       image = np.repeat(image[..., None], 3, axis=-1)
     return np.ascontiguousarray(image[..., :3])
@@ -96,13 +100,22 @@ PHOTOS: dict[str, Callable[[], np.ndarray]] = {
     "page": _skimage("page", gray=True),
     "text": _skimage("text", gray=True),
 }
+# Smooth by nature, for `ClipSpec.train_only` (not in the default sources, so the default
+# build and its split are unchanged): scikit-image's colour wheel (hue and saturation
+# gradients) and Shepp-Logan phantom (flat regions, sharp edges). A no-reference model can
+# only tell a smooth scene from a blurred one by having seen smooth ones labelled pristine.
+SMOOTH_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
+    "colorwheel": _skimage("colorwheel"),
+    "phantom": _skimage("shepp_logan_phantom", gray=True),
+}
 
 
 def load_photo(name: str) -> np.ndarray:
-  """uint8[H, W, 3] of one of PHOTOS."""
-  if name not in PHOTOS:
-    raise ValueError(f"unknown demo photo {name!r}; known: {sorted(PHOTOS)}")
-  return PHOTOS[name]()
+  """uint8[H, W, 3] of one of PHOTOS or SMOOTH_PHOTOS."""
+  known = {**PHOTOS, **SMOOTH_PHOTOS}
+  if name not in known:
+    raise ValueError(f"unknown demo photo {name!r}; known: {sorted(known)}")
+  return known[name]()
 
 
 def stable_seed(*parts) -> list[int]:
@@ -479,11 +492,19 @@ class ClipSpec:
   grain_crfs: tuple[int, ...] = tuple(range(13, 50, 4))
   test_share: float = 0.25
   seed: int = 0
+  # Sources that go to `train` whatever the split of `sources` (which they leave unchanged),
+  # from PHOTOS or SMOOTH_PHOTOS.
+  train_only: tuple[str, ...] = ()
 
   def __post_init__(self):
     unknown = sorted(set(self.sources) - set(PHOTOS))
     if unknown or not self.sources:
       raise ValueError(f"unknown or no demo sources {unknown}; known: {sorted(PHOTOS)}")
+    extra = sorted(set(self.train_only) - set(PHOTOS) - set(SMOOTH_PHOTOS)
+                   | set(self.train_only) & set(self.sources))
+    if extra:
+      raise ValueError(f"train_only sources {extra} are unknown or already in sources; "
+                       f"known: {sorted({**PHOTOS, **SMOOTH_PHOTOS})}")
     if self.clip_frames < 2 or self.num_frames < 1:
       raise ValueError(f"a clip needs >= 2 frames and >= 1 key frame; got clip_frames="
                        f"{self.clip_frames}, num_frames={self.num_frames}")
@@ -501,6 +522,12 @@ class ClipSpec:
     if self.grain_sigma is not None and self.grain_sigma not in self.noise_sigmas:
       raise ValueError(f"grain_sigma {self.grain_sigma} must be one of noise_sigmas "
                        f"{self.noise_sigmas}: the grainy ladder encodes that variant")
+
+  def split(self) -> tuple[list[str], list[str]]:
+    """(train, test) sources: `sources` split by build_utils.seeded_split, then the
+    train_only ones added to train."""
+    train, test = build_utils.seeded_split(list(self.sources), self.test_share, self.seed)
+    return train + list(self.train_only), test
 
   def distortions(self) -> list[Distortion]:
     return ([Distortion("pristine")]

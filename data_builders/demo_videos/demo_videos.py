@@ -41,7 +41,8 @@ distortion is the only one. Per record (features.video_features layout):
               '<photo>/<variant>', e.g. 'chelsea/crf31', 'chelsea/noise5_crf21'.
 
 Splits by source (build_utils.seeded_split): ~25 % of the photos are `test`, the rest
-`train`; no source is in both.
+`train`; no source is in both. `train_only` sources (e.g. demo_clips.SMOOTH_PHOTOS) join
+`train` without changing that split.
 
 The build also trains the demo's sentencepiece tokenizer (tokenizer.train_sentencepiece,
 BPE, `vocab_size` pieces) on every text the demo produces (descriptions, SIG Q&A and
@@ -99,6 +100,7 @@ class DemoVideosConfig(tfds.core.BuilderConfig):
   grain_crfs: tuple[int, ...] = _SPEC.grain_crfs
   test_share: float = _SPEC.test_share
   seed: int = _SPEC.seed
+  train_only: tuple[str, ...] = _SPEC.train_only
   vocab_size: int = 1024
   num_workers: int = 0  # threads over sources; 0: one per CPU core
 
@@ -147,23 +149,24 @@ class DemoVideos(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # nothing to download
     cfg = self.builder_config
     spec = cfg.spec()
-    train, test = build_utils.seeded_split(list(spec.sources), spec.test_share, spec.seed)
+    train, test = spec.split()
+    sources = list(spec.sources) + list(spec.train_only)
     workers = cfg.num_workers or os.cpu_count() or 1
     n_variants = len(spec.distortions())
-    print(f"demo_videos: {len(spec.sources)} sources ({len(train)} train, {len(test)} test) "
+    print(f"demo_videos: {len(sources)} sources ({len(train)} train, {len(test)} test) "
           f"x {n_variants} variants, {workers} worker(s)", flush=True)
     records = {}
     with tempfile.TemporaryDirectory(prefix="demo_videos_") as tmp:
       make = lambda s: demo_clips.source_records(s, spec, os.path.join(tmp, s))
-      bar = tfds.core.utils.tqdm(total=len(spec.sources), unit=" sources",
+      bar = tfds.core.utils.tqdm(total=len(sources), unit=" sources",
                                  desc="demo_videos: synthesising, encoding, scoring")
-      for source, result, _ in build_utils.map_ordered(make, spec.sources, workers,
+      for source, result, _ in build_utils.map_ordered(make, sources, workers,
                                                        errors=()):
         records[source] = result
         shutil.rmtree(os.path.join(tmp, source), ignore_errors=True)
         bar.update(1)
       bar.close()
-    all_records = [r for s in spec.sources for r in records[s]]
+    all_records = [r for s in sources for r in records[s]]
     self._write_tokenizer(all_records, spec.seed, cfg.vocab_size)
     mos = np.array([r["mos"] for r in all_records])
     self.info.metadata.update(

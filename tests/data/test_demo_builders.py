@@ -16,6 +16,7 @@ import warnings
 
 import grain
 import numpy as np
+import skimage.data
 import pytest
 import tensorflow_datasets as tfds
 from absl import flags
@@ -466,6 +467,23 @@ def test_distortion_names_and_spec_validation():
     demo_clips.ClipSpec(sources=("lena",))
   with pytest.raises(ValueError, match="unknown distortion"):
     demo_clips.Distortion("jpeg", 50)
+
+
+def test_train_only_sources_join_train_and_leave_the_split():
+  default = demo_clips.ClipSpec()
+  smooth = demo_clips.ClipSpec(train_only=("colorwheel", "phantom"))
+  assert not set(demo_clips.SMOOTH_PHOTOS) & set(default.sources)
+  train, test = default.split()
+  assert smooth.split() == (train + ["colorwheel", "phantom"], test)
+  assert len(test) == 4 and sorted(train + test) == sorted(default.sources)
+  phantom = demo_clips.load_photo("phantom")
+  want = np.rint(skimage.data.shepp_logan_phantom() * 255)  # float [0, 1] -> code values
+  assert phantom.dtype == np.uint8 and phantom.shape == want.shape + (3,)
+  assert np.abs(phantom[..., 1] - want).max() <= 1 and (phantom[..., 0] == phantom[..., 2]).all()
+  np.testing.assert_array_equal(demo_clips.load_photo("colorwheel"), skimage.data.colorwheel())
+  for bad in (("lena",), ("coins",)):  # unknown; already a split source
+    with pytest.raises(ValueError, match=f"train_only sources \\['{bad[0]}'\\]"):
+      demo_clips.ClipSpec(train_only=bad)
 
 
 # ------------------------------------------------------------------ demo_clips: labels
