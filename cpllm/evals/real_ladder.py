@@ -482,7 +482,7 @@ def describe(rows: Sequence[dict], scores: Sequence[Scores], result: dict) -> st
   sizes = {r["source"]: f"{r['width']}x{r['height']}" for r in rows}
   crfs = sorted({r["crf"] for r in rows})
   lines = [
-      f"Real-footage CRF ladder: {len(sizes)} source(s) "
+      f"CRF ladder: {len(sizes)} source(s) "
       f"({', '.join(f'{k} {v}' for k, v in sizes.items())}), libx264 CRF "
       f"{crfs[0]}..{crfs[-1]} ({len(crfs)} levels), {result['n']} of {len(rows)} variants "
       f"scored by every scorer; VMAF ({video.VMAF_MODEL}) against a lossless copy of each "
